@@ -1,0 +1,3 @@
+from iceburg_mlx.cli.main import run
+
+run()

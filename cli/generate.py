@@ -1,0 +1,123 @@
+"""`iceburg-mlx generate` and `iceburg-mlx chat`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from iceburg_mlx.cli.main import app
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Model: name, path, Hub repo id or Ollama tag (default: smollm2-135m-instruct).")
+AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter directory to apply.")
+SystemOpt = typer.Option(None, "--system", "-s", help="System prompt.")
+
+
+def _load(model: Optional[str], adapter: Optional[str]):
+    from rich.console import Console
+
+    from iceburg_mlx.models import load_model
+
+    with Console(stderr=True).status("loading model...", spinner="dots"):
+        return load_model(model, adapter=adapter)
+
+
+def _stats_line(stats) -> str:
+    return (f"prompt {stats.prompt_tokens} tok @ {stats.prompt_tps:.1f} tok/s"
+            + (f" (+{stats.cached_tokens} cached)" if stats.cached_tokens else "")
+            + f" | decode {stats.completion_tokens} tok @ {stats.decode_tps:.1f} tok/s"
+            + f" | peak {stats.peak_memory_bytes / 2**20:.0f} MiB | {stats.finish_reason}")
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="User message (use - to read stdin)."),
+    model: Optional[str] = ModelOpt,
+    adapter: Optional[str] = AdapterOpt,
+    system: Optional[str] = SystemOpt,
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most new tokens."),
+    temp: float = typer.Option(0.0, "--temp", "-t", help="Sampling temperature (0 = greedy)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="PRNG seed for sampling."),
+    raw: bool = typer.Option(False, "--raw", help="Send the prompt as-is, without the chat template."),
+) -> None:
+    """Answer one prompt: the answer alone on stdout, statistics on stderr."""
+    from iceburg_mlx.generation import chat_prompt, stream, GenerationStats
+    from iceburg_mlx.sampling import SamplingParams
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed).validate()
+    loaded = _load(model, adapter)
+    tok = loaded.tokenizer
+    if raw:
+        ids = list(tok.encode(prompt))
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        ids = chat_prompt(tok, messages)
+    stats = GenerationStats()
+    for piece in stream(loaded.model, tok, ids, params, stats=stats):
+        sys.stdout.write(piece.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    typer.echo(_stats_line(stats), err=True)
+
+
+HELP = "/reset clears the conversation, /system TEXT sets the system prompt, /exit quits (Ctrl-D too)."
+
+
+@app.command()
+def chat(
+    model: Optional[str] = ModelOpt,
+    adapter: Optional[str] = AdapterOpt,
+    system: Optional[str] = SystemOpt,
+    max_tokens: int = typer.Option(512, "--max-tokens", "-n"),
+    temp: float = typer.Option(0.0, "--temp", "-t"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    stats: bool = typer.Option(False, "--stats", help="Print speed after each answer."),
+) -> None:
+    """Multi-turn streaming chat; the KV cache is kept across turns."""
+    from iceburg_mlx.chat import ChatSession
+    from iceburg_mlx.sampling import SamplingParams
+
+    params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed).validate()
+    loaded = _load(model, adapter)
+    session = ChatSession(loaded.model, loaded.tokenizer, system)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        typer.echo(f"chatting with {loaded.source.spec}" + (f" + {adapter}" if adapter else "") + f". {HELP}",
+                   err=True)
+    while True:
+        try:
+            line = input(">>> " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            typer.echo("", err=True)
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit", "/bye"):
+            break
+        if text == "/reset":
+            session.reset()
+            typer.echo("(conversation cleared)", err=True)
+            continue
+        if text.startswith("/system"):
+            session.set_system(text[len("/system"):].strip())
+            typer.echo("(system prompt set; conversation cleared)", err=True)
+            continue
+        if text.startswith("/"):
+            typer.echo(f"unknown command {text.split()[0]}. {HELP}", err=True)
+            continue
+        try:
+            for piece in session.send(text, params):
+                sys.stdout.write(piece.text)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            typer.echo(" [interrupted]", err=True)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if stats and session.last_stats:
+            typer.echo(_stats_line(session.last_stats), err=True)

@@ -1,0 +1,1 @@
+"""Data pipeline: formats, validation, dedup, scoring, splits (issue 5)."""

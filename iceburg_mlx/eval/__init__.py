@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, role benchmarks, paired statistics."""

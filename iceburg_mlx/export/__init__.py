@@ -1,0 +1,1 @@
+"""Export: fused safetensors, GGUF writer and quantizers, Ollama Modelfile."""

@@ -1,0 +1,1 @@
+"""OpenAI-compatible server with per-row role adapters."""

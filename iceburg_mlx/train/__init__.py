@@ -1,0 +1,1 @@
+"""Training: recipes, LoRA/DoRA layers, losses, the loop, the adapter registry."""
