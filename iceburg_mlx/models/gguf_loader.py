@@ -175,7 +175,7 @@ def read_weights(g: GGUFFile) -> dict[str, Any]:
         raise UnsupportedModelError(f"{g.path}: unexpected tensors for '{arch}': {', '.join(unknown[:4])}")
     if all(t.qtype in MX_NATIVE for t in g.tensors.values()):
         try:
-            raw = mx.load(str(g.path))
+            raw = mx.load(str(g.path), format="gguf")
         except (RuntimeError, ValueError) as e:
             raise BadModelFileError(f"{g.path}: {e}") from None
     else:

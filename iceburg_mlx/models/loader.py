@@ -61,6 +61,35 @@ def _quantize_layers(model, weights: dict, group_size: int, per_layer: dict | No
     nn.quantize(model, class_predicate=predicate)
 
 
+def dequantize_layers(model, dtype) -> None:
+    """Replace quantized linears/embeddings by dense ones, dequantizing with f32 scales.
+
+    mlx-lm's `dequantize_model` computes in the scales' dtype (f16), which rounds Q8_0 weights
+    (an 8-bit integer times an 11-bit scale needs 19 bits); f32 keeps them exact.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_unflatten
+
+    swaps = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            continue
+        w = mx.dequantize(mod.weight, mod.scales.astype(mx.float32), mod.biases.astype(mx.float32),
+                          group_size=mod.group_size, bits=mod.bits).astype(dtype)
+        if isinstance(mod, nn.QuantizedEmbedding):
+            new = nn.Embedding(*w.shape)
+        else:
+            has_bias = "bias" in mod
+            new = nn.Linear(w.shape[1], w.shape[0], bias=has_bias)
+            if has_bias:
+                new.bias = mod.bias.astype(dtype)
+        new.weight = w
+        swaps.append((name, new))
+    if swaps:
+        model.update_modules(tree_unflatten(swaps))
+
+
 def _pick_compute(requested: str, n_params: int, quantized: bool) -> str:
     from iceburg_mlx import hardware
 
@@ -138,7 +167,7 @@ def load_model(spec: str | None = None, *, compute: str = "auto", adapter: str |
                lazy: bool = False) -> LoadedModel:
     """Load any supported source into mlx-lm's model classes, in the Hugging Face layout."""
     import mlx.core as mx
-    from mlx_lm.utils import dequantize_model, get_total_parameters
+    from mlx_lm.utils import get_total_parameters
 
     src = resolve(spec)
     if src.kind == "hub":
@@ -166,7 +195,7 @@ def load_model(spec: str | None = None, *, compute: str = "auto", adapter: str |
     mode = _pick_compute(compute, n_params, quantized)
     if mode in _DTYPES:
         if quantized:
-            model = dequantize_model(model)
+            dequantize_layers(model, getattr(mx, mode))
         model.set_dtype(getattr(mx, mode))
     elif mode == "native":
         mode = "quantized" if quantized else "as stored"
