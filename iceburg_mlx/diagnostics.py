@@ -23,6 +23,7 @@ def collect(model: str | None = None) -> dict[str, dict[str, Any]]:
             "opt-out (ICEBURG_MLX_NO_TUNE)": st.opted_out,
             "OpenBLAS preloaded": st.openblas or f"no ({st.openblas_note or 'not attempted'})",
             "OPENBLAS_CORETYPE": st.openblas_coretype or "(autodetect)",
+            "GEMV shim (M=1 matmuls -> sgemv)": st.gemv_shim or f"no ({st.gemv_note or 'not attempted'})",
             "malloc tuned (GLIBC_TUNABLES)": st.malloc_tuned,
             "compute": "f32 (quantized weights dequantized when memory allows)",
         }
