@@ -86,6 +86,7 @@ def dedup_cmd(
     unit: str = UnitOpt,
     num_perm: int = PermOpt,
     report: Optional[Path] = typer.Option(None, help="Write all removed clusters as JSON here."),
+    workers: int = typer.Option(0, "--workers", help="Processes that parse and sketch (0: in-process)."),
     show: int = typer.Option(10, help="Clusters to print."),
 ) -> None:
     """Remove exact and near duplicates (MinHash LSH) across all files; first occurrence kept."""
@@ -94,7 +95,7 @@ def dedup_cmd(
     from iceburg_mlx.data.dedup import dedup_files
     from iceburg_mlx.data.io import write_json
 
-    rep = dedup_files([str(f) for f in files], str(out), _dedup_options(threshold, shingle, unit, num_perm))
+    rep = dedup_files([str(f) for f in files], str(out), _dedup_options(threshold, shingle, unit, num_perm), workers=workers)
     con = _console()
     for c in sorted(rep.clusters, key=lambda c: -len(c.removed))[:show]:
         sims = ", ".join(f"{r} ({s:.2f})" for r, s in zip(c.removed[:5], c.similarity[:5]))
@@ -180,3 +181,82 @@ def templates_cmd(
     for c in rep.clusters[:show]:
         con.print(f"x{c.size}: {c.skeleton}")
     con.print(f"{rep.in_templates}/{rep.records} records ({rep.fraction:.1%}) in {len(rep.clusters)} template clusters")
+
+
+@data_app.command("score")
+def score_cmd(
+    file: Path = typer.Argument(..., help="JSONL file."),
+    out: Path = typer.Option(..., "--out", help="Output JSONL with quality_score and quality_features."),
+    role: Optional[str] = typer.Option(None, "--role", help="dissident, oracle, surveyor or synthesist (default: meta.role)."),
+    min_quality: Optional[float] = typer.Option(None, "--min-quality", help="Drop records scoring below this."),
+) -> None:
+    """Score each record in [0, 1] from transparent features and role rules."""
+    from iceburg_mlx.data.score import score_file
+
+    rep = score_file(file, out, role=role, min_quality=min_quality)
+    con = _console()
+    top = max(rep.histogram) or 1
+    for i, c in enumerate(rep.histogram):
+        con.print(f"{i / 10:.1f}-{(i + 1) / 10:.1f} {c:>7} {'#' * round(30 * c / top)}")
+    con.print(f"{rep.records} records, mean score {rep.mean:.3f}, kept {rep.kept} -> {out}")
+
+
+@data_app.command("order")
+def order_cmd(
+    file: Path = typer.Argument(..., help="JSONL file."),
+    out: Path = typer.Option(..., "--out", help="Output JSONL in curriculum order (with emergence_score)."),
+    by: str = typer.Option("weighted", "--by", help="weighted, novel_first or progressive."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Score novelty (emergence_score) and order records by a named curriculum."""
+    from iceburg_mlx.data.curriculum import add_emergence_scores, get_curriculum
+    from iceburg_mlx.data.io import iter_jsonl, write_jsonl
+
+    fn = get_curriculum(by)
+    rows = fn(add_emergence_scores([r for _, r in iter_jsonl(file)]), seed=seed)
+    _console().print(f"wrote {write_jsonl(out, rows)} records ordered by {by} -> {out}")
+
+
+@data_app.command("pairs")
+def pairs_cmd(
+    logs: List[Path] = typer.Argument(..., help="Interaction/feedback logs written by iceburg_mlx.data.collect."),
+    out: Path = typer.Option(..., "--out", help="Output JSONL of preference pairs."),
+) -> None:
+    """Turn feedback (edits, thumbs, regenerates) into preference pairs."""
+    from collections import Counter
+
+    from iceburg_mlx.data.io import write_jsonl
+    from iceburg_mlx.data.pairs import feedback_pairs
+
+    pairs = feedback_pairs(logs)
+    write_jsonl(out, pairs)
+    by = ", ".join(f"{k} {v}" for k, v in Counter(p["source"] for p in pairs).items())
+    _console().print(f"wrote {len(pairs)} preference pairs ({by or 'none'}) -> {out}")
+
+
+@data_app.command("prepare")
+def prepare_cmd(
+    files: List[Path] = typer.Argument(..., help="JSONL files (recipes will name these later)."),
+    out: Path = typer.Option(..., "--out", help="Output directory."),
+    role: Optional[str] = typer.Option(None, "--role"),
+    min_quality: Optional[float] = typer.Option(None, "--min-quality"),
+    valid: float = typer.Option(0.1, "--valid"),
+    test: float = typer.Option(0.0, "--test"),
+    seed: int = typer.Option(0, "--seed"),
+    curriculum: Optional[str] = typer.Option(None, "--curriculum", help="weighted, novel_first or progressive."),
+    threshold: float = ThresholdOpt,
+    keep_going: bool = typer.Option(False, "--keep-going", help="Drop invalid lines instead of stopping."),
+    max_template_fraction: Optional[float] = typer.Option(None, help="Refuse data more templated than this."),
+) -> None:
+    """Validate, dedup, score, filter, split and order into a prepared dataset plus report.json."""
+    from iceburg_mlx.data.dedup import DedupOptions
+    from iceburg_mlx.data.prepare import PrepareOptions, prepare
+
+    opts = PrepareOptions(fail_on_errors=not keep_going, dedup=DedupOptions(threshold=threshold), role=role,
+                          min_quality=min_quality, valid=valid, test=test, seed=seed, curriculum=curriculum,
+                          max_template_fraction=max_template_fraction)
+    rep = prepare(files, out, opts)
+    con = _console()
+    con.print(f"{rep.input_records} records: {rep.invalid} invalid, {rep.duplicates_removed} duplicates, "
+              f"{rep.below_quality} below quality; template fraction {rep.template_fraction:.1%}")
+    con.print(", ".join(f"{k} {v}" for k, v in rep.counts.items()) + f"; report {rep.files['report']}")
