@@ -194,3 +194,18 @@ def chat_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = T
         return list(ids)
     text = "\n\n".join(m["content"] for m in messages)
     return list(tokenizer.encode(text))
+
+
+def generate_many(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+    """Generate for several prompts (same parameters). Seeded runs give each prompt seed + index.
+
+    This is the entry point for eval and preference sampling; it runs the prompts one after
+    another today and is where batched decoding plugs in.
+    """
+    from dataclasses import replace
+
+    out = []
+    for i, ids in enumerate(prompts):
+        p = params if params.seed is None else replace(params, seed=params.seed + i)
+        out.append(generate(model, tokenizer, ids, p))
+    return out
