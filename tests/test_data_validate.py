@@ -157,3 +157,16 @@ def test_cli_validate_exit_codes(tmp_path):
     assert r.exit_code == 1
     assert f"{bad}:1: message 1: misordered roles: two user turns in a row" in r.output
     assert "FAILED" in r.output
+
+
+def test_eval_items_are_prompts_with_expectations():
+    from iceburg_mlx.data.validate import validate_record
+
+    item = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+            "expect": {"verdict": "false"}}
+    assert validate_record(item) == []
+    answered = dict(item, messages=item["messages"] + [{"role": "assistant", "content": "a"}])
+    assert any("does not end with a user turn" in p for p in validate_record(answered))
+    assert any("'expect' is not an object" in p for p in validate_record(dict(item, expect=["x"])))
+    no_expect = {"messages": item["messages"]}
+    assert validate_record(no_expect) == ["no assistant turn"]

@@ -138,6 +138,13 @@ def validate_record(record: Any) -> list[str]:
                 out.append("chosen == rejected")
         elif fmt == "text":
             _check_content("text", record["text"], out)
+        elif fmt == "chatml" and "expect" in record:  # an eval item: a prompt and its checks, no answer
+            msgs = formats.to_messages(record)
+            check_messages(msgs, out, need_assistant=False)
+            if not msgs or msgs[-1].get("role") != "user":
+                out.append("eval item (has 'expect') does not end with a user turn")
+            if not isinstance(record["expect"], dict):
+                out.append(f"'expect' is not an object (got {_short(record['expect'])})")
         else:
             check_messages(formats.to_messages(record), out)
     except DataError as e:
