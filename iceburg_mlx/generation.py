@@ -102,6 +102,8 @@ def stream(model, tokenizer, prompt_tokens: Sequence[int], params: SamplingParam
 
     def step_sample(logits):
         nonlocal key
+        if params.temperature == 0:
+            return mx.argmax(logits, axis=-1)
         key, sub = mx.random.split(key)
         return sample(logits, params.temperature, params.top_p, sub)
 
