@@ -31,3 +31,7 @@ class DataError(IceburgError):
 
 class AdapterError(IceburgError):
     """An adapter that cannot be found or does not fit the base model."""
+
+
+class ExportError(IceburgError):
+    """A fuse/export request that cannot be carried out (unknown quant type, unmapped architecture)."""

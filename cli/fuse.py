@@ -1,0 +1,68 @@
+"""`iceburg-mlx fuse`: merge an adapter into its base; write a Hugging Face directory or a GGUF + Modelfile."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from iceburg_mlx.cli.main import app
+
+
+@app.command()
+def fuse(
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="Adapter directory or registry name (name@version); none: export the base alone."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model: name, path, Hub repo id or Ollama tag (default: smollm2-135m-instruct)."),
+    out: str = typer.Option("fused", "--out", "-o", help="Output directory."),
+    to_gguf: bool = typer.Option(False, "--to-gguf", help="Write a GGUF file and an Ollama Modelfile instead of a Hugging Face directory."),
+    quant: str = typer.Option("f16", "--quant", "-q", help="GGUF type: f16, bf16, q8_0, q4_0, q4_1, q4_k_m, q6_k (f32 too)."),
+    dequantize: bool = typer.Option(False, "--dequantize", help="Write a quantized base as dense weights (HF output)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Output name (default: the adapter's or the model's)."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="The role's system prompt for the Modelfile SYSTEM."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Modelfile sampling default."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Modelfile sampling default."),
+) -> None:
+    """Fuse an adapter into its base model and export it (HF safetensors, or GGUF for llama.cpp/Ollama)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from iceburg_mlx.export import FuseOptions
+    from iceburg_mlx.export import fuse as run_fuse
+    from iceburg_mlx.export.mix import preset
+
+    if to_gguf:
+        preset(quant)  # an unknown type fails before the model is loaded
+    opts = FuseOptions(out=out, model=model, adapter=adapter, to_gguf=to_gguf, quant=quant,
+                       dequantize=dequantize, name=name, system=system, temperature=temperature, top_p=top_p)
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("loading and fusing", total=None)
+
+        def progress(tensor: str, done: int, total: int) -> None:
+            bar.update(task, description=f"writing {tensor}", completed=done, total=total)
+
+        result = run_fuse(opts, progress=progress)
+    if result.n_fused:
+        err.print(f"fused {result.n_fused} adapter layers from {adapter}")
+    for f in result.files:
+        typer.echo(str(f))
+    if result.gguf is not None:
+        g = result.gguf
+        kinds: dict[str, int] = {}
+        for t in g.types.values():
+            kinds[t] = kinds.get(t, 0) + 1
+        mix = ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))
+        err.print(f"{g.preset}: {g.n_bytes / 2**20:.1f} MiB in {g.seconds:.1f} s ({mix}"
+                  + (f"; {len(g.lossless)} tensors kept without requantizing" if g.lossless else "") + ")")
+        mf = result.modelfile
+        if mf is not None and mf.family is None:
+            err.print("note: chat template not recognised (ChatML, Llama 3, Mistral); the Modelfile has no TEMPLATE")
+        elif mf is not None and not mf.verified:
+            err.print(f"warning: the Modelfile TEMPLATE differs from the chat template on: {'; '.join(mf.mismatches)}")
+        typer.echo(f"to use it with Ollama: {result.ollama_command}")

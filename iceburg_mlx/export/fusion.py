@@ -1,0 +1,226 @@
+"""`fuse()`: base model + adapter -> a Hugging Face directory, or a GGUF file with an Ollama Modelfile.
+
+    from iceburg_mlx.export import fuse, FuseOptions
+    result = fuse(FuseOptions(model="smollm2", adapter="runs/oracle/adapter", out="dist/oracle",
+                              to_gguf=True, quant="q4_k_m"))
+
+The adapter is merged with each layer's `fuse()`: a quantized base is dequantized, updated and
+requantized (or left dense with `dequantize`). For GGUF output the merge is done in float32 and
+quantized once into the preset's types; the `q4_1` preset keeps a Q4_1 base as it is (MLX's
+4-bit group-32 arrays are Q4_1's blocks), so an adapter-free export of a Q4_1 GGUF reproduces its
+bytes. The export records its provenance (base, adapter, recipe, quant, sha256) in `fuse.json`
+beside the output and, for GGUF, under `iceburg.*` keys in the file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gguf import GGUFValueType as V
+
+from iceburg_mlx.errors import ExportError
+from iceburg_mlx.export import mix
+from iceburg_mlx.export.atomic import write_json, write_text
+from iceburg_mlx.export.gguf_export import GGUFResult, sha256_file, write_gguf
+from iceburg_mlx.export.gguf_vocab import (
+    KV,
+    chat_template_of,
+    from_gguf_metadata,
+    from_hf_dir,
+)
+from iceburg_mlx.export.hf_dir import HFResult, save_hf_dir
+from iceburg_mlx.export.modelfile import Modelfile, build_modelfile
+from iceburg_mlx.export.tensors import gguf_arch
+
+PROVENANCE_FILE = "fuse.json"
+RECIPE_FILE = "recipe.yaml"
+
+
+@dataclass(frozen=True)
+class FuseOptions:
+    out: str | Path
+    model: str | None = None            # any load_model spec (default: the embedded SmolLM2)
+    adapter: str | None = None          # adapter directory or registry name (name@version)
+    to_gguf: bool = False
+    quant: str = "f16"                  # GGUF preset (mix.PRESETS)
+    dequantize: bool = False            # leave a quantized base dense in the HF output
+    name: str | None = None             # output base name (default: from the adapter or the model)
+    system: str | None = None           # Modelfile SYSTEM (the role's prompt)
+    temperature: float | None = None    # Modelfile sampling defaults
+    top_p: float | None = None
+
+
+@dataclass
+class FuseResult:
+    out: Path
+    format: str                          # "gguf" | "hf"
+    files: list[Path] = field(default_factory=list)
+    gguf: GGUFResult | None = None
+    hf: HFResult | None = None
+    modelfile: Modelfile | None = None
+    provenance: dict = field(default_factory=dict)
+    ollama_command: str | None = None
+    n_fused: int = 0
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def _sha256_dir(path: Path) -> str:
+    """A digest of a model directory: sha256 over its weight files' names and digests."""
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        h.update(f"{f.name}:{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def _base_record(loaded) -> dict:
+    src = loaded.source
+    path = Path(src.path) if src.path else None
+    digest = None
+    if path is not None:
+        digest = sha256_file(path) if path.is_file() else _sha256_dir(path)
+    return {"spec": src.spec, "kind": src.kind, "path": str(path) if path else None, "sha256": digest}
+
+
+def _adapter_record(spec: str, path: Path) -> dict:
+    from iceburg_mlx.train.lora import read_adapter_config
+
+    cfg = read_adapter_config(path)
+    weights = path / "adapters.safetensors"
+    recipe = path / RECIPE_FILE
+    return {"spec": spec, "path": str(path), "sha256": sha256_file(weights),
+            "fine_tune_type": cfg.get("fine_tune_type", "lora"),
+            "recipe": recipe.read_text(encoding="utf-8") if recipe.is_file() else None}
+
+
+def _compute_for(opts: FuseOptions, preset: mix.Preset | None) -> str:
+    keep = (opts.to_gguf and preset is not None and preset.name == "q4_1") or not opts.to_gguf
+    return "quantized" if keep and not opts.dequantize else "float32"
+
+
+def _base_name(opts: FuseOptions, loaded, adapter_path: Path | None) -> str:
+    if opts.name:
+        return opts.name
+    if adapter_path is not None:
+        return adapter_path.name
+    stem = Path(loaded.source.path).stem if loaded.source.path else loaded.source.spec
+    return re.sub(r"\.(F16|F32|BF16|Q\d\w*)$", "", stem, flags=re.IGNORECASE) or "model"
+
+
+def _vocab(loaded) -> list[KV]:
+    src = loaded.source
+    if src.kind == "gguf":
+        from iceburg_mlx.models.gguf_file import read_gguf
+
+        return from_gguf_metadata(read_gguf(src.path).metadata)
+    return from_hf_dir(Path(src.path), loaded.config, int(loaded.config["vocab_size"]))
+
+
+def _sampling_defaults(loaded, opts: FuseOptions) -> tuple[float | None, float | None]:
+    gen: dict[str, Any] = {}
+    if loaded.source.kind != "gguf" and loaded.source.path:
+        f = Path(loaded.source.path) / "generation_config.json"
+        if f.is_file():
+            try:
+                gen = json.loads(f.read_text(encoding="utf-8"))
+            except ValueError:
+                gen = {}
+    temp = opts.temperature if opts.temperature is not None else gen.get("temperature")
+    top_p = opts.top_p if opts.top_p is not None else gen.get("top_p")
+    return temp, top_p
+
+
+def _iceburg_kvs(prov: dict) -> list[KV]:
+    base, adapter = prov["base"], prov.get("adapter") or {}
+    pairs = [("iceburg.version", prov["tool"]), ("iceburg.base", base["spec"]),
+             ("iceburg.base_sha256", base["sha256"] or ""), ("iceburg.quant", prov["quant"])]
+    if adapter:
+        pairs += [("iceburg.adapter", adapter["spec"]), ("iceburg.adapter_sha256", adapter["sha256"]),
+                  ("iceburg.fine_tune_type", adapter["fine_tune_type"])]
+        if adapter.get("recipe"):
+            pairs.append(("iceburg.recipe", adapter["recipe"]))
+    return [KV(k, str(v), V.STRING) for k, v in pairs]
+
+
+def _ollama_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-") or "model"
+
+
+def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
+    """Merge the adapter (if any) into the base and write the export described by `opts`."""
+    import iceburg_mlx
+    from iceburg_mlx.models import load_model
+
+    preset = mix.preset(opts.quant) if opts.to_gguf else None
+    adapter_path = None
+    if opts.adapter:
+        from iceburg_mlx.adapters import resolve_adapter_path
+
+        adapter_path = resolve_adapter_path(opts.adapter)
+    out = Path(opts.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a directory")
+    loaded = load_model(opts.model, compute=_compute_for(opts, preset))
+    if opts.to_gguf:
+        gguf_arch(loaded.config)  # fail before anything is written
+    n_fused = 0
+    if adapter_path is not None:
+        from iceburg_mlx.train.lora import fuse_model, load_adapters
+
+        load_adapters(loaded.model, adapter_path)
+        dequant = opts.dequantize or (opts.to_gguf and preset is not None and preset.name != "q4_1")
+        n_fused = fuse_model(loaded.model, dequantize=dequant)
+        loaded.model.eval()
+    prov: dict[str, Any] = {
+        "tool": f"iceburg-mlx {iceburg_mlx.__version__}",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "base": _base_record(loaded),
+        "adapter": _adapter_record(opts.adapter, adapter_path) if adapter_path else None,
+        "quant": preset.name if preset else ("dequantized" if opts.dequantize else "as loaded"),
+        "format": "gguf" if opts.to_gguf else "hf",
+    }
+    name = _base_name(opts, loaded, adapter_path)
+    result = FuseResult(out=out, format=prov["format"], provenance=prov, n_fused=n_fused)
+    out.mkdir(parents=True, exist_ok=True)
+    if opts.to_gguf:
+        vocab = _vocab(loaded)
+        file = out / f"{name}.{preset.name.upper()}.gguf"
+        g = write_gguf(loaded.model, loaded.config, file, preset.name, vocab, name=name,
+                       extra=_iceburg_kvs(prov), progress=progress)
+        result.gguf = g
+        prov["files"] = {file.name: g.sha256}
+        prov["tensor_types"] = g.types
+        prov["lossless_tensors"] = g.lossless
+        template = next((kv.value for kv in vocab if kv.key == "tokenizer.chat_template"), None)
+        tok = loaded.tokenizer._tokenizer
+        temp, top_p = _sampling_defaults(loaded, opts)
+        mf = build_modelfile(file.name, template, bos=tok.bos_token or "", eos=tok.eos_token or "",
+                             system=opts.system, temperature=temp, top_p=top_p,
+                             comment=f"iceburg-mlx fuse: {prov['base']['spec']}"
+                             + (f" + {opts.adapter}" if opts.adapter else "") + f" ({preset.name})")
+        write_text(out / "Modelfile", mf.text)
+        result.modelfile = mf
+        result.files = [file, out / "Modelfile"]
+        result.ollama_command = f"ollama create {_ollama_name(name)} -f {out / 'Modelfile'}"
+    else:
+        src_dir = Path(loaded.source.path) if loaded.source.kind != "gguf" and loaded.source.path else None
+        template = chat_template_of(src_dir) if src_dir else None
+        h = save_hf_dir(loaded.model, loaded.config, loaded.tokenizer, out, source_dir=src_dir,
+                        chat_template=template)
+        result.hf = h
+        prov["files"] = {f: sha256_file(out / f) for f in h.files}
+        result.files = [out / f for f in h.files]
+    write_json(out / PROVENANCE_FILE, prov)
+    result.files.append(out / PROVENANCE_FILE)
+    return result
+
+
+__all__ = ["PROVENANCE_FILE", "FuseOptions", "FuseResult", "fuse"]
