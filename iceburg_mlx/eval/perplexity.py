@@ -22,37 +22,8 @@ import mlx.core as mx
 
 from iceburg_mlx.errors import DataError
 from iceburg_mlx.generation import chat_prompt
+from iceburg_mlx.train.examples import assistant_mask  # noqa: F401  (re-exported for eval users)
 from iceburg_mlx.train.losses import body, bucket, lm_head, sequence_logprobs
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def assistant_mask(tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
-    """(token ids of the whole conversation, 1 on assistant-answer tokens and 0 elsewhere)."""
-    if not any(m.get("role") == "assistant" for m in messages):
-        raise DataError("conversation has no assistant turn to score")
-    from iceburg_mlx.generation import _stop_ids
-
-    ids = chat_prompt(tokenizer, messages, add_generation_prompt=False)
-    stop_ids = _stop_ids(tokenizer)
-    mask = [0] * len(ids)
-    for i, m in enumerate(messages):
-        if m.get("role") != "assistant":
-            continue
-        start = _common_prefix(ids, chat_prompt(tokenizer, messages[:i], add_generation_prompt=True)) if i else 0
-        end = _common_prefix(ids, chat_prompt(tokenizer, messages[: i + 1], add_generation_prompt=False))
-        stops = [j for j in range(start, end) if ids[j] in stop_ids]
-        if stops:  # end at the end-of-turn token: the template's newline after it is not the answer
-            end = stops[-1] + 1
-        for j in range(start, end):
-            mask[j] = 1
-    return ids, mask
 
 
 @dataclass

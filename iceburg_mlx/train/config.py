@@ -263,8 +263,6 @@ def _problems(r: Recipe) -> typing.Iterator[tuple[str, str]]:
         yield "train.steps", "set exactly one of train.steps and train.epochs"
     if t.steps is not None and t.steps < 1:
         yield "train.steps", f"must be >= 1, got {t.steps}"
-    if t.steps is not None and r.schedule.warmup > t.steps:
-        yield "schedule.warmup", f"must be <= train.steps={t.steps}, got {r.schedule.warmup}"
     if t.epochs is not None and t.epochs <= 0:
         yield "train.epochs", f"must be > 0, got {t.epochs}"
     for key in ("batch_size", "grad_accum"):

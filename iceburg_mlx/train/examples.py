@@ -1,0 +1,110 @@
+"""Conversations -> token ids with a mask on the assistant tokens (every assistant turn).
+
+System, user and template tokens get mask 0; each assistant answer gets 1 up to and including its
+end-of-turn token (the model must learn to stop), not the template's newline after it. The spans
+are found by rendering prefixes of the conversation with the chat template, so any template works.
+Shared by SFT, DPO (sequence log-probs) and eval (perplexity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iceburg_mlx.chat import common_prefix
+from iceburg_mlx.errors import DataError
+from iceburg_mlx.generation import _stop_ids, chat_prompt
+
+
+def assistant_mask(tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """(token ids of the whole conversation, 1 on assistant-answer tokens and 0 elsewhere)."""
+    if not any(m.get("role") == "assistant" for m in messages):
+        raise DataError("conversation has no assistant turn to score")
+    ids = chat_prompt(tokenizer, messages, add_generation_prompt=False)
+    stop_ids = _stop_ids(tokenizer)
+    mask = [0] * len(ids)
+    for i, m in enumerate(messages):
+        if m.get("role") != "assistant":
+            continue
+        start = common_prefix(ids, chat_prompt(tokenizer, messages[:i], add_generation_prompt=True)) if i else 0
+        end = common_prefix(ids, chat_prompt(tokenizer, messages[: i + 1], add_generation_prompt=False))
+        stops = [j for j in range(start, end) if ids[j] in stop_ids]
+        if stops:  # end at the end-of-turn token: the template's newline after it is not the answer
+            end = stops[-1] + 1
+        for j in range(start, end):
+            mask[j] = 1
+    return ids, mask
+
+
+@dataclass
+class Example:
+    ids: list[int]           # the whole conversation; inputs = ids[:-1], targets = ids[1:]
+    mask: list[int]          # per token of ids; the loss uses mask[1:]
+    source: str = ""         # file:line
+
+    @property
+    def n_supervised(self) -> int:
+        return sum(self.mask[1:])
+
+
+@dataclass
+class BuildReport:
+    examples: int = 0
+    truncated: int = 0
+    dropped_overlong: int = 0
+    dropped_unsupervised: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "notes"}
+
+
+def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt and (not messages or messages[0].get("role") != "system"):
+        return [{"role": "system", "content": system_prompt}] + messages
+    return messages
+
+
+def build_examples(tokenizer, path: str | Path, max_seq_len: int, overlong: str = "truncate",
+                   system_prompt: str | None = None) -> tuple[list[Example], BuildReport]:
+    """Read a JSONL file of conversations (any supported format) into training examples.
+
+    Over-long examples (more than max_seq_len + 1 tokens) are truncated or dropped per `overlong`;
+    an example left with no supervised token is dropped. Both are counted in the report.
+    """
+    from iceburg_mlx.data.formats import to_messages
+    from iceburg_mlx.data.io import iter_jsonl
+
+    if overlong not in ("truncate", "drop"):
+        raise DataError(f"data.overlong must be 'truncate' or 'drop', got '{overlong}'")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    out, rep = [], BuildReport()
+    for n, record in iter_jsonl(path):
+        where = f"{path}:{n}"
+        try:
+            messages = with_system(to_messages(record), system_prompt)
+            ids, mask = assistant_mask(tokenizer, messages)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
+        if len(ids) > max_seq_len + 1:
+            if overlong == "drop":
+                rep.dropped_overlong += 1
+                continue
+            ids, mask = ids[: max_seq_len + 1], mask[: max_seq_len + 1]
+            rep.truncated += 1
+        ex = Example(ids, mask, where)
+        if ex.n_supervised == 0:
+            rep.dropped_unsupervised += 1
+            continue
+        out.append(ex)
+        rep.tokens += len(ids) - 1
+        rep.supervised_tokens += ex.n_supervised
+    rep.examples = len(out)
+    if not out:
+        raise DataError(f"{path}: no usable training examples ({rep.as_dict()})")
+    return out, rep

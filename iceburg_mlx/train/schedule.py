@@ -1,0 +1,38 @@
+"""Learning-rate schedules and optimizers from a recipe, built from MLX's own schedule functions."""
+
+from __future__ import annotations
+
+from iceburg_mlx.errors import ConfigError
+
+
+def make_schedule(kind: str, lr: float, total_steps: int, warmup: int = 0, min_lr: float = 0.0):
+    """A callable step -> lr: linear warmup from 0, then cosine / linear decay to min_lr, or constant."""
+    import mlx.optimizers as optim
+
+    warmup = max(0, min(int(warmup), total_steps))
+    rest = max(1, total_steps - warmup)
+    if kind == "cosine":
+        main = optim.cosine_decay(lr, rest, end=min_lr)
+    elif kind == "linear":
+        main = optim.linear_schedule(lr, min_lr, rest)
+    elif kind == "constant":
+        def main(step):
+            return lr
+    else:
+        raise ConfigError(f"schedule.kind '{kind}' is not one of cosine, linear, constant")
+    if warmup == 0:
+        return main
+    return optim.join_schedules([optim.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def make_optimizer(name: str, schedule, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+    import mlx.optimizers as optim
+
+    b = list(betas)
+    if name == "adamw":
+        return optim.AdamW(learning_rate=schedule, betas=b, eps=eps, weight_decay=weight_decay)
+    if name == "adam":
+        return optim.Adam(learning_rate=schedule, betas=b, eps=eps)
+    if name == "sgd":
+        return optim.SGD(learning_rate=schedule, weight_decay=weight_decay)
+    raise ConfigError(f"optim.name '{name}' is not one of adamw, adam, sgd")
