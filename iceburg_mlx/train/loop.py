@@ -1,7 +1,8 @@
 """The one training loop, parametrised by an objective and a batch source (SFT and DPO alike).
 
-An objective is `objective(model, batch_arrays: dict, k: int) -> (loss_sum, n)`: a summed loss
-and the count it is summed over. Gradients of loss_sum are added over micro-batches (grad_accum)
+An objective is `objective(model, batch_arrays: dict, k: int, for_grad=True) -> (loss_sum, n)`
+or `(loss_sum, n, metric_sums: dict)`: a summed loss, the count it is summed over, and optional
+metrics also summed over that count (reported per step as sum / n, e.g. DPO's reward accuracy). Gradients of loss_sum are added over micro-batches (grad_accum)
 and ranks (`mx.distributed.all_sum`) and divided by the total count once, so accumulated and
 data-parallel steps equal one big batch exactly. With one micro-batch and one rank the whole
 update is a single `mx.compile`d step over [model.state, optimizer.state, mx.random.state].
@@ -68,6 +69,7 @@ class StepInfo:
     peak_memory_bytes: int
     elapsed: float
     eta: float
+    extra: dict = field(default_factory=dict)   # objective metrics (sum / n), e.g. DPO rewards
 
 
 @dataclass
@@ -120,6 +122,8 @@ class Trainer:
         self.world = group.size() if group is not None else 1
         self.rank = group.rank() if group is not None else 0
         self.state = [model.state, optimizer.state, mx.random.state]
+        self.to_arrays = batch_arrays      # batch -> dict of arrays for the objective
+        self.gather = gather_size          # batch -> static gather size k
         self._lag = nn.value_and_grad(model, self._loss)
         self._fused = {}
         self._grad = {}
@@ -127,7 +131,8 @@ class Trainer:
 
     # --- compiled pieces -------------------------------------------------------------------
     def _loss(self, model, arrays, k):
-        return self.objective(model, arrays, k)
+        out = self.objective(model, arrays, k)
+        return out if len(out) == 3 else (out[0], out[1], {})
 
     def _apply_impl(self, grads, n):
         grads = tree_map(lambda g: g / n, grads)
@@ -138,43 +143,46 @@ class Trainer:
     def _fused_step(self, k: int, keys: tuple):
         if (k, keys) not in self._fused:
             def step(arrays):
-                (lsum, n), grads = self._lag(self.model, arrays, k)
+                (lsum, n, extra), grads = self._lag(self.model, arrays, k)
                 self._apply_impl(grads, mx.maximum(n, 1.0))
-                return lsum, n
+                return lsum, n, extra
             self._fused[(k, keys)] = mx.compile(step, inputs=self.state, outputs=self.state)
         return self._fused[(k, keys)]
 
     def _grad_step(self, k: int, keys: tuple):
         if (k, keys) not in self._grad:
             def grad(arrays):
-                (lsum, n), grads = self._lag(self.model, arrays, k)
-                return lsum, n, grads
+                (lsum, n, extra), grads = self._lag(self.model, arrays, k)
+                return lsum, n, extra, grads
             self._grad[(k, keys)] = mx.compile(grad, inputs=self.state, outputs=self.state)
         return self._grad[(k, keys)]
 
-    def train_step(self, micro: list[Batch]) -> tuple[mx.array, mx.array]:
+    def train_step(self, micro: list) -> tuple[mx.array, mx.array, dict]:
+        """One optimizer step over micro-batches (Batch or any object `self.to_arrays` accepts)."""
         if len(micro) == 1 and self.world == 1:
-            arrays = batch_arrays(micro[0])
-            return self._fused_step(gather_size(micro[0]), tuple(sorted(arrays)))(arrays)
-        lsum = n = grads = None
+            arrays = self.to_arrays(micro[0])
+            return self._fused_step(self.gather(micro[0]), tuple(sorted(arrays)))(arrays)
+        lsum = n = grads = extra = None
         for b in micro:
-            arrays = batch_arrays(b)
-            ls, nn_, g = self._grad_step(gather_size(b), tuple(sorted(arrays)))(arrays)
+            arrays = self.to_arrays(b)
+            ls, nn_, ex, g = self._grad_step(self.gather(b), tuple(sorted(arrays)))(arrays)
             lsum = ls if lsum is None else lsum + ls
             n = nn_ if n is None else n + nn_
+            extra = ex if extra is None else {k: extra[k] + ex[k] for k in ex}
             grads = g if grads is None else tree_map(mx.add, grads, g)
         if self.world > 1:
             lsum = mx.distributed.all_sum(lsum, group=self.group)
             n = mx.distributed.all_sum(n, group=self.group)
+            extra = {k: mx.distributed.all_sum(v, group=self.group) for k, v in extra.items()}
             grads = tree_map(lambda g: mx.distributed.all_sum(g, group=self.group), grads)
         self._apply(grads, mx.maximum(n, 1.0))
-        return lsum, n
+        return lsum, n, extra
 
     def eval_loss(self, batches: list[Batch]) -> float:
         tot = cnt = 0.0
         for b in batches:
-            arrays = batch_arrays(b)
-            ls, n = self.objective(self.model, arrays, gather_size(b), for_grad=False)
+            arrays = self.to_arrays(b)
+            ls, n = self.objective(self.model, arrays, self.gather(b), for_grad=False)[:2]
             if self.world > 1:
                 ls, n = mx.distributed.all_sum(ls, group=self.group), mx.distributed.all_sum(n, group=self.group)
             mx.eval(ls, n)
@@ -234,26 +242,28 @@ class Trainer:
                     epoch, index, b = next(batches)
                     micro.append(b)
                 t0 = time.perf_counter()
-                lsum, n = self.train_step(micro)
-                mx.eval(lsum, n, self.state)
+                lsum, n, extra = self.train_step(micro)
+                mx.eval(lsum, n, extra, self.state)
                 loss = lsum.item() / max(n.item(), 1.0)
+                extra = {k: v.item() / max(n.item(), 1.0) for k, v in extra.items()}
                 dt = time.perf_counter() - t0
                 if not math.isfinite(loss):
                     raise TrainingDivergedError(
                         f"loss became {loss} at step {st.step + 1}; last good checkpoint: {last_ck or 'none'}")
                 st.step += 1
                 st.epoch, st.index = epoch, index + 1
-                toks = sum(b.n_tokens for b in micro) * self.world
+                toks = sum(getattr(b, "n_tokens", 0) for b in micro) * self.world
                 trained = int(n.item())
                 st.tokens += toks
                 st.elapsed = time.perf_counter() - t_start
                 lr = float(self.opt.learning_rate.item()) if isinstance(self.opt.learning_rate, mx.array) \
                     else float(self.opt.learning_rate)
                 info = StepInfo(st.step, loss, lr, toks, trained, toks / dt, trained / dt, mx.get_peak_memory(),
-                                st.elapsed, st.elapsed / st.step * (cfg.steps - st.step) if st.step else 0.0)
+                                st.elapsed, st.elapsed / st.step * (cfg.steps - st.step) if st.step else 0.0,
+                                extra)
                 cb.metrics.append({"step": st.step, "train_loss": loss, "lr": lr, "tokens": toks,
                                    "trained_tokens": trained, "tokens_per_sec": info.tokens_per_sec,
-                                   "trained_per_sec": info.trained_per_sec})
+                                   "trained_per_sec": info.trained_per_sec, **extra})
                 if cb.on_step:
                     cb.on_step(info)
                 if val and cfg.eval_every and (st.step % cfg.eval_every == 0 or st.step == cfg.steps):
