@@ -138,7 +138,7 @@ def test_unknown_key_did_you_mean(rdir):
     ("train: {batch_size: four}", "recipes/bad.yaml: train.batch_size: expected an integer, got 'four'"),
     ("data: {packing: 3}", "recipes/bad.yaml: data.packing: expected true or false, got 3"),
     ("model: {compute_dtype: f32}", "recipes/bad.yaml: model.compute_dtype: must be one of 'auto', "
-                                    "'float32', 'bfloat16', 'float16', got 'f32'"),
+                                    "'float32', 'bfloat16', 'float16', 'quantized', got 'f32'"),
     ("optim: {betas: [0.9]}", "recipes/bad.yaml: optim.betas: expected a list of 2 values, got [0.9]"),
     ("lora: 4", "recipes/bad.yaml: lora: expected a mapping of lora.* keys, got 4"),
     ("model: {base: 7}", "recipes/bad.yaml: model.base: expected a string, got 7"),

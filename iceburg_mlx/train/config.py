@@ -38,8 +38,10 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 @dataclass(frozen=True)
 class ModelConfig:
     base: str = _f("smollm2-135m-instruct", "Base model: registry name, local path or HF repo id.")
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
-        "auto", "Dtype for training compute; auto picks float32 on CPU (bf16/quantized matmul is slow there).")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16", "quantized"] = _f(
+        "auto", "Training compute: auto dequantizes to float32 on CPU when memory allows (bf16/quantized "
+                "matmul is slow there) and keeps a quantized base quantized on Metal (QLoRA); "
+                "'quantized' forces QLoRA.")
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ and ranks (`mx.distributed.all_sum`) and divided by the total count once, so acc
 data-parallel steps equal one big batch exactly. With one micro-batch and one rank the whole
 update is a single `mx.compile`d step over [model.state, optimizer.state, mx.random.state].
 
-Checkpoints (adapter weights, optimizer state, RNG, data position) are written atomically; a run
-resumed from one continues exactly. Ctrl-C saves a checkpoint before stopping; a NaN/Inf loss
+Checkpoints (adapter weights, optimizer state, data position) are written atomically, and the
+PRNG is re-seeded from (seed, step) before each step; a run resumed from a checkpoint continues
+exactly. Ctrl-C saves a checkpoint before stopping; a NaN/Inf loss
 stops with `TrainingDivergedError` naming the step and the last good checkpoint.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_flatten, tree_map
 
 from iceburg_mlx.errors import IceburgError
 from iceburg_mlx.train.batching import Batch, packed_mask
@@ -55,6 +56,7 @@ class LoopConfig:
     save_every: int = 0             # 0: only at the end
     keep_best: bool = True
     keep_checkpoints: int = 2
+    seed: int = 0                   # the PRNG is re-seeded from (seed, step) before every step
 
 
 @dataclass
@@ -108,6 +110,23 @@ def batch_arrays(b: Batch) -> dict[str, mx.array]:
 
 def gather_size(b: Batch) -> int:
     return bucket(max(1, b.n_supervised))
+
+
+def _set_leaf(tree, path: list[str], value) -> None:
+    """tree[p0][p1]... = value, indexing lists by int and creating missing dict entries."""
+    for i, key in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(tree, list):
+            idx = int(key)
+            if last:
+                tree[idx] = value
+            else:
+                tree = tree[idx]
+        else:
+            if last:
+                tree[key] = value
+            else:
+                tree = tree.setdefault(key, {})
 
 
 class Trainer:
@@ -201,7 +220,6 @@ class Trainer:
         tmp.mkdir()
         self.save_adapter(self.model, tmp)
         opt_state = dict(tree_flatten(self.opt.state))
-        opt_state["__rng__"] = mx.random.state[0]
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
         (tmp / "trainer.json").write_text(json.dumps(st.to_json()))
         old = ckdir / f".old-{final.name}-{os.getpid()}"
@@ -221,9 +239,10 @@ class Trainer:
     def load_checkpoint(self, ck: Path, load_adapter: Callable[[nn.Module, Path], None]) -> LoopState:
         load_adapter(self.model, ck)
         flat = mx.load(str(ck / "optimizer.safetensors"))
-        rng = flat.pop("__rng__")
-        self.opt.state = tree_unflatten(list(flat.items()))
-        mx.random.state[0] = rng
+        # fill the existing state dict in place: the compiled step holds a reference to it
+        self.opt.init(self.model.trainable_parameters())
+        for name, value in flat.items():
+            _set_leaf(self.opt.state, name.split("."), value)
         mx.eval(self.model.parameters(), self.opt.state)
         return LoopState.from_json(json.loads((ck / "trainer.json").read_text()))
 
@@ -242,6 +261,7 @@ class Trainer:
                     epoch, index, b = next(batches)
                     micro.append(b)
                 t0 = time.perf_counter()
+                mx.random.seed(cfg.seed * 1_000_003 + st.step)  # dropout noise depends only on the step
                 lsum, n, extra = self.train_step(micro)
                 mx.eval(lsum, n, extra, self.state)
                 loss = lsum.item() / max(n.item(), 1.0)

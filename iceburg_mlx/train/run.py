@@ -132,7 +132,7 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     cfg = LoopConfig(steps=steps, grad_accum=recipe.train.grad_accum, grad_clip=recipe.optim.grad_clip or 0.0,
                      eval_every=recipe.eval.every if valid else 0,
                      eval_batches=recipe.eval.batches if recipe.eval.batches > 0 else 10**9,
-                     save_every=recipe.save.every, keep_best=recipe.save.keep_best)
+                     save_every=recipe.save.every, keep_best=recipe.save.keep_best, seed=recipe.seed)
 
     run_dir, st, metrics = _prepare_run_dir(opts, role, rank)
 

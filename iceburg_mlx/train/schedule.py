@@ -16,8 +16,10 @@ def make_schedule(kind: str, lr: float, total_steps: int, warmup: int = 0, min_l
     elif kind == "linear":
         main = optim.linear_schedule(lr, min_lr, rest)
     elif kind == "constant":
+        import mlx.core as mx
+
         def main(step):
-            return lr
+            return mx.array(lr, dtype=mx.float32)
     else:
         raise ConfigError(f"schedule.kind '{kind}' is not one of cosine, linear, constant")
     if warmup == 0:
