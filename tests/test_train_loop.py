@@ -183,3 +183,27 @@ def test_overlong_policy_is_counted(tmp_path, tiny_gguf):
     assert rep.truncated > 0 and all(len(e.ids) <= cut + 1 for e in exs)
     exs2, rep2 = build_examples(tok, p, cut, "drop")
     assert rep2.dropped_overlong == rep.truncated and len(exs2) + rep2.dropped_overlong + rep2.dropped_unsupervised == 12
+
+
+def test_two_ranks_under_mlx_launch_match_one_process(tmp_path, tiny_gguf):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    data = write_data(tmp_path / "d.jsonl", n=16)
+    script = os.path.join(os.path.dirname(__file__), "dist_train.py")
+    args = [str(tiny_gguf("F32")), str(data)]
+    one = subprocess.run([sys.executable, script, *args, str(tmp_path / "one.json"), str(tmp_path / "r1")],
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    launcher = shutil.which("mlx.launch")
+    assert launcher, "mlx.launch not found (it ships with mlx)"
+    two = subprocess.run([launcher, "-n", "2", "--backend", "ring", "--python", sys.executable, script, *args,
+                          str(tmp_path / "two.json"), str(tmp_path / "r2")],
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, (two.stdout[-1000:], two.stderr[-2000:])
+    a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert a["world"] == 1 and b["world"] == 2
+    assert len(a["losses"]) == len(b["losses"]) == 4
+    np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-4)
