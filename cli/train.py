@@ -42,9 +42,13 @@ def train(
     task = progress.add_task(rec.role.name or "train", total=rec.train.steps or 0, stats="")
 
     def on_step(info):
+        x = info.extra
+        prefs = (f" acc {x['reward_accuracy']:.2f} margin {x['reward_margin']:+.3f}"
+                 if "reward_accuracy" in x else "")  # DPO: reward metrics of this step
+        rate = (f"{info.trained_per_sec:.2f} pairs/s" if prefs else f"({info.trained_per_sec:.0f} trained)")
         progress.update(task, completed=info.step, stats=(
-            f"loss {info.loss:.4f} lr {info.lr:.2e} {info.tokens_per_sec:.0f} tok/s "
-            f"({info.trained_per_sec:.0f} trained) peak {info.peak_memory_bytes / 2**20:.0f} MiB"))
+            f"loss {info.loss:.4f}{prefs} lr {info.lr:.2e} {info.tokens_per_sec:.0f} tok/s "
+            f"{rate} peak {info.peak_memory_bytes / 2**20:.0f} MiB"))
 
     def on_eval(step, v):
         progress.console.print(f"step {step}: validation loss {v:.4f}")
@@ -89,7 +93,7 @@ def _launch(hosts: Path, argv: list[str]) -> None:
         args.append(a)
     launcher = shutil.which("mlx.launch")
     cmd = ([launcher] if launcher else [sys.executable, "-m", "mlx.launch"]) + [
-        "--hostfile", str(hosts), "--backend", "ring", "--python", sys.executable, "-m", "iceburg_mlx.cli", *args]
+        "--hostfile", str(hosts), "--backend", "ring", "--python", sys.executable, "--", "-m", "iceburg_mlx.cli", *args]
     os.execvp(cmd[0], cmd)
 
 

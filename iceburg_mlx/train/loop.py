@@ -15,6 +15,7 @@ stops with `TrainingDivergedError` naming the step and the last good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -57,6 +58,7 @@ class LoopConfig:
     keep_best: bool = True
     keep_checkpoints: int = 2
     seed: int = 0                   # the PRNG is re-seeded from (seed, step) before every step
+    fast_activations: bool = True   # CPU: SiLU on a polynomial exp while training (fast_ops)
 
 
 @dataclass
@@ -147,6 +149,7 @@ class Trainer:
         self._fused = {}
         self._grad = {}
         self._apply = mx.compile(self._apply_impl, inputs=self.state, outputs=self.state)
+        self.eval_metrics: dict[str, float] = {}   # the objective's metrics at the last eval_loss
 
     # --- compiled pieces -------------------------------------------------------------------
     def _loss(self, model, arrays, k):
@@ -198,14 +201,21 @@ class Trainer:
         return lsum, n, extra
 
     def eval_loss(self, batches: list[Batch]) -> float:
+        """Mean loss over `batches`; the objective's metrics (sum / n) are left in `eval_metrics`."""
         tot = cnt = 0.0
+        sums: dict[str, float] = {}
         for b in batches:
             arrays = self.to_arrays(b)
-            ls, n = self.objective(self.model, arrays, self.gather(b), for_grad=False)[:2]
+            out = self.objective(self.model, arrays, self.gather(b), for_grad=False)
+            ls, n, ex = out if len(out) == 3 else (*out, {})
             if self.world > 1:
                 ls, n = mx.distributed.all_sum(ls, group=self.group), mx.distributed.all_sum(n, group=self.group)
-            mx.eval(ls, n)
+                ex = {k: mx.distributed.all_sum(v, group=self.group) for k, v in ex.items()}
+            mx.eval(ls, n, ex)
             tot, cnt = tot + ls.item(), cnt + n.item()
+            for k, v in ex.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+        self.eval_metrics = {k: v / max(cnt, 1.0) for k, v in sums.items()}
         return tot / max(cnt, 1.0)
 
     # --- checkpoints -----------------------------------------------------------------------
@@ -249,6 +259,12 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------
     def run(self, batches: Iterator[tuple[int, int, Batch]], st: LoopState, val: list[Batch] | None = None,
             cb: Callbacks | None = None) -> LoopState:
+        from iceburg_mlx.train.fast_ops import fast_swiglu
+
+        with fast_swiglu(self.model) if self.cfg.fast_activations else contextlib.nullcontext():
+            return self._run(batches, st, val, cb)
+
+    def _run(self, batches, st: LoopState, val, cb) -> LoopState:
         cb = cb or Callbacks()
         cfg = self.cfg
         last_ck = None
@@ -288,7 +304,8 @@ class Trainer:
                     cb.on_step(info)
                 if val and cfg.eval_every and (st.step % cfg.eval_every == 0 or st.step == cfg.steps):
                     v = self.eval_loss(val[: cfg.eval_batches])
-                    cb.metrics.append({"step": st.step, "val_loss": v})
+                    cb.metrics.append({"step": st.step, "val_loss": v,
+                                       **{f"val_{k}": x for k, x in self.eval_metrics.items()}})
                     if cb.on_eval:
                         cb.on_eval(st.step, v)
                     if cfg.keep_best and v < st.best_val:

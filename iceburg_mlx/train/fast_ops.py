@@ -1,0 +1,75 @@
+"""SiLU on a polynomial exp, with an explicit vjp, for training on MLX's CPU backend.
+
+MLX's CPU `exp` runs at ~0.1 Gelem/s (NumPy: 3.2); SiLU over every MLP activation, forward and
+backward, is a large share of a LoRA step there. `poly_exp` computes 2^n * 2^f with n = round(x log2 e),
+a degree-6 Taylor polynomial for 2^f on [-1/2, 1/2] and 2^n written straight into the float's bits: only
+multiply-adds and a shift, which `mx.compile` fuses into one pass (relative error < 1.5e-6 for |x| <= 10,
+the f32 rounding of x log2 e beyond). `fast_swiglu(model)` swaps it into the model's MLP for the duration of a
+`with` block, on the CPU backend only; the model classes themselves stay mlx-lm's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+from collections.abc import Iterator
+
+import mlx.core as mx
+
+_LOG2E = 1.4426950408889634
+# Taylor coefficients of 2^f = e^(f ln 2): (ln 2)^k / k!; on |f| <= 1/2 the error is < 2e-7
+_C = tuple(math.log(2.0) ** k / math.factorial(k) for k in range(7))
+
+
+def poly_exp(x: mx.array) -> mx.array:
+    t = mx.clip(x.astype(mx.float32) * _LOG2E, -126.0, 126.0)
+    n = mx.round(t)
+    f = t - n
+    p = _C[6]
+    for c in reversed(_C[:6]):
+        p = p * f + c
+    bits = (n.astype(mx.int32) + 127) << 23
+    return p * bits.view(mx.float32)
+
+
+@mx.custom_function
+def fast_silu(x: mx.array) -> mx.array:
+    return x / (1.0 + poly_exp(-x))
+
+
+@fast_silu.vjp
+def _fast_silu_vjp(x, cotangent, output):
+    s = 1.0 / (1.0 + poly_exp(-x))
+    return cotangent * (s * (1.0 + x * (1.0 - s)))
+
+
+@mx.compile
+def _swiglu(gate: mx.array, x: mx.array) -> mx.array:
+    return fast_silu(gate) * x
+
+
+def cpu_backend() -> bool:
+    return not (mx.metal.is_available() or (getattr(mx, "cuda", None) is not None and mx.cuda.is_available()))
+
+
+@contextlib.contextmanager
+def fast_swiglu(model) -> Iterator[bool]:
+    """Use the polynomial SiLU in the model's MLP while the block runs (CPU backend only).
+
+    Yields whether it was applied (it is not on Metal/CUDA, whose exp is fast, or for model
+    modules that do not route their MLP through mlx-lm's `swiglu`)."""
+    mod = importlib.import_module(type(model).__module__)
+    applicable = cpu_backend() and hasattr(mod, "swiglu")
+    if not applicable:
+        yield False
+        return
+    original = mod.swiglu
+    mod.swiglu = _swiglu
+    try:
+        yield True
+    finally:
+        mod.swiglu = original
+
+
+__all__ = ["poly_exp", "fast_silu", "fast_swiglu"]
