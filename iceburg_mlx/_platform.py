@@ -29,6 +29,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iceburg_mlx.paths import home_dir
+
 OPT_OUT_ENV = "ICEBURG_MLX_NO_TUNE"
 NO_GEMV_ENV = "ICEBURG_MLX_NO_GEMV"
 SHIM_SOURCE = Path(__file__).parent / "native" / "sgemm_shim.c"
@@ -129,14 +131,6 @@ def setup() -> PlatformStatus:
     return _STATUS
 
 
-def _cache_root() -> Path:
-    env = os.environ.get("ICEBURG_MLX_HOME")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "iceburg-mlx"
-
-
 def build_shim(dest_root: Path | None = None) -> Path | None:
     """Compile the sgemm->sgemv shim once (keyed by its source); None when no compiler works."""
     if not SHIM_SOURCE.is_file():
@@ -144,7 +138,7 @@ def build_shim(dest_root: Path | None = None) -> Path | None:
         return None
     src = SHIM_SOURCE.read_bytes()
     key = hashlib.sha256(src).hexdigest()[:16]
-    out = (dest_root or _cache_root()) / "native" / key / "libiceburg_blas.so"
+    out = (dest_root or home_dir()) / "native" / key / "libiceburg_blas.so"
     if out.is_file():
         return out
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")

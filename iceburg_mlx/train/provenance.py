@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import subprocess
 import sys
@@ -10,30 +9,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from iceburg_mlx.hashing import sha256_file, weights_sha256
+
 PACKAGES = ("iceburg-mlx", "mlx", "mlx-lm", "numpy", "transformers", "gguf", "safetensors")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_sha256(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(path.glob("*.safetensors")):
-            h.update(f.name.encode())
-            h.update(sha256_file(f).encode())
-        return h.hexdigest()
-    return None
 
 
 def git_sha(start: Path | None = None) -> str | None:
