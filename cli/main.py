@@ -55,3 +55,4 @@ from iceburg_mlx.cli import doctor, fuse, generate, models, train  # noqa: E402,
 from iceburg_mlx.cli import data  # noqa: E402,F401  (the `data` command group, issue 5)
 from iceburg_mlx.cli import eval as _eval  # noqa: E402,F401
 from iceburg_mlx.cli import adapters as _adapters  # noqa: E402,F401
+from iceburg_mlx.cli import serve as _serve  # noqa: E402,F401

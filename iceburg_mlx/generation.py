@@ -1,15 +1,18 @@
 """The one generation engine: prefill, pipelined decode, sampling, stop handling, statistics.
 
-`stream()` yields text pieces as they decode. It is reused by `generate`, `chat` (which keeps the
-KV cache across turns), eval, preference-pair sampling and the server. Model classes and KV caches
-come from mlx-lm; the loop is ours: the next step's graph is built and queued with `async_eval`
-while the current token is being read back, so Python overhead overlaps compute.
+`stream()` yields text pieces as they decode. It is reused by `generate` and `chat` (which keeps
+the KV cache across turns). `BatchGenerator` decodes many rows at once: each row has its own
+prompt, sampling parameters, seed, stop strings and (through a hook) adapter; rows join and leave
+between steps. It serves `generate_many` (eval, preference-pair sampling) and the server. Model
+classes and KV caches come from mlx-lm; the loops are ours: the next step's graph is built and
+queued with `async_eval` while the current tokens are being read back, so Python overhead
+overlaps compute.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -64,15 +67,22 @@ def prefill(model, tokens: Sequence[int], cache, chunk: int = PREFILL_CHUNK) -> 
     """Run `tokens` through the model into `cache`; return the last position's logits (1, V)."""
     if not tokens:
         raise ValueError("prefill needs at least one token")
-    arr = mx.array(list(tokens), dtype=mx.uint32)[None]
-    n = arr.shape[1]
-    start = 0
-    while n - start > chunk:
-        model(arr[:, start:start + chunk], cache=cache)
+    return _prefill_rows(model, mx.array(list(tokens), dtype=mx.uint32)[None], cache, chunk)
+
+
+def _prefill_rows(model, tokens: mx.array, cache, chunk: int | None = None) -> mx.array:
+    """(B, L) prompts (left-padded if B > 1) into `cache`; the last position's logits (B, V).
+
+    All but the last position go through in chunks with only the caches evaluated, so their
+    logits (B x chunk x vocabulary) are never computed; the last position runs alone.
+    """
+    chunk = chunk or PREFILL_CHUNK
+    start, n = 0, tokens.shape[1] - 1
+    while start < n:
+        model(tokens[:, start:min(start + chunk, n)], cache=cache)
         mx.eval([c.state for c in cache])
         start += chunk
-    logits = model(arr[:, start:], cache=cache)
-    return logits[:, -1, :]
+    return model(tokens[:, n:], cache=cache)[:, -1, :]
 
 
 def _stop_ids(tokenizer) -> set[int]:
@@ -88,16 +98,16 @@ def stream(model, tokenizer, prompt_tokens: Sequence[int], params: SamplingParam
     """Decode from `prompt_tokens` (already past `cache`'s contents) and yield text pieces.
 
     `cache`: an mlx-lm prompt cache holding any earlier context (chat keeps one per session).
-    `generated` (optional) receives every sampled token id, including a final stop token, so a
-    caller can keep track of what the cache holds: all of them but the last.
+    `generated` (optional) receives every sampled token id, including a final stop token. The
+    cache may hold one more step than was read back (the next step is queued before the current
+    token is known), so callers track its contents by `cache[0].offset` (see `ChatSession`).
     """
     params = params.validate()
     stats = stats if stats is not None else GenerationStats()
     cache = cache if cache is not None else make_cache(model)
     stop_ids = _stop_ids(tokenizer)
-    key = mx.random.key(params.seed) if params.seed is not None else mx.random.key(time.time_ns() % 2**31)
-    detok = tokenizer.detokenizer
-    detok.reset()
+    key = _row_key(params.seed)
+    text = _TextState(tokenizer, params.stop)
     mx.reset_peak_memory()
 
     def step_sample(logits):
@@ -114,52 +124,79 @@ def stream(model, tokenizer, prompt_tokens: Sequence[int], params: SamplingParam
         return
     y = step_sample(prefill(model, prompt_tokens, cache))
     mx.async_eval(y)
-    y_val = y.item()
-    stats.prompt_seconds = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    text_out = ""
-    held = ""          # text withheld while it could be the start of a stop string
+    t1 = None
     n = 0
     try:
         while True:
+            last = n + 1 >= params.max_tokens
+            if not last:
+                # Build and queue step n+1 from the still-lazy token n: the Python work of
+                # building the graph overlaps the computation of token n (as mlx-lm does).
+                next_y = step_sample(model(y.reshape(1, 1), cache=cache)[:, -1, :])
+                mx.async_eval(next_y)
+            y_val = y.item()
+            if t1 is None:
+                stats.prompt_seconds = time.perf_counter() - t0
+                t1 = time.perf_counter()
             n += 1
             if generated is not None:
                 generated.append(y_val)
             if y_val in stop_ids:
                 stats.finish_reason = "stop"
                 break
-            last = n >= params.max_tokens
-            if not last:  # queue the next step before reading this token's text
-                next_y = step_sample(model(mx.array([[y_val]], dtype=mx.uint32), cache=cache)[:, -1, :])
-                mx.async_eval(next_y)
-            detok.add_token(y_val)
-            piece = detok.last_segment
-            if piece:
-                out, held, hit = _apply_stops(held + piece, params.stop)
-                if out:
-                    text_out += out
-                    yield Piece(out, y_val)
-                if hit:
-                    stats.finish_reason = "stop"
-                    break
+            out, hit = text.add(y_val)
+            if out:
+                yield Piece(out, y_val)
+            if hit:
+                stats.finish_reason = "stop"
+                break
             if last:
                 stats.finish_reason = "length"
                 break
-            y_val = next_y.item()
+            y = next_y
     finally:
         stats.completion_tokens = n
-        stats.decode_seconds = time.perf_counter() - t1
+        stats.decode_seconds = time.perf_counter() - t1 if t1 is not None else 0.0
         stats.peak_memory_bytes = mx.get_peak_memory()
-    if stats.finish_reason == "length" or (stats.finish_reason == "stop" and y_val in stop_ids):
-        detok.finalize()
-        tail = detok.last_segment
+    if not text.stopped:
+        tail = text.flush()
         if tail:
-            out, held2, hit = _apply_stops(held + tail, params.stop)
-            held = "" if hit else held2
-            if out:
-                yield Piece(out, None)
-        if held:
-            yield Piece(held, None)
+            yield Piece(tail, None)
+
+
+def _row_key(seed: int | None) -> mx.array:
+    return mx.random.key(seed) if seed is not None else mx.random.key(time.time_ns() % 2**31)
+
+
+class _TextState:
+    """One row's streaming detokenizer; withholds text that may be the start of a stop string."""
+
+    def __init__(self, tokenizer, stops: Sequence[str]):
+        self.detok = tokenizer.detokenizer
+        self.detok.reset()
+        self.stops = stops
+        self.held = ""
+        self.stopped = False       # a stop string was hit: the rest is discarded
+
+    def add(self, token: int) -> tuple[str, bool]:
+        """(text safe to emit, stop string hit) after `token`."""
+        self.detok.add_token(token)
+        piece = self.detok.last_segment
+        if not piece:
+            return "", False
+        out, self.held, self.stopped = _apply_stops(self.held + piece, self.stops)
+        return out, self.stopped
+
+    def flush(self) -> str:
+        """The rest of the text at the end of a row (the detokenizer's tail and any withheld text)."""
+        self.detok.finalize()
+        tail = self.detok.last_segment
+        out = ""
+        if tail:
+            out, held, hit = _apply_stops(self.held + tail, self.stops)
+            self.held = "" if hit else held
+        out, self.held = out + self.held, ""
+        return out
 
 
 def _apply_stops(text: str, stops: Sequence[str]) -> tuple[str, str, bool]:
@@ -198,16 +235,245 @@ def chat_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = T
     return list(tokenizer.encode(text))
 
 
-def generate_many(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
-    """Generate for several prompts (same parameters). Seeded runs give each prompt seed + index.
+def generate_many(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                  max_batch: int = 32) -> list[Generation]:
+    """Generate for several prompts (same parameters), decoding up to `max_batch` of them together.
 
-    This is the entry point for eval and preference sampling; it runs the prompts one after
-    another today and is where batched decoding plugs in.
+    Seeded runs give each prompt seed + index. Each result is what `generate` gives for that
+    prompt alone (the same tokens for greedy decoding). Models whose caches are not plain KV
+    caches (sliding windows, state-space layers) run one prompt after another.
     """
     from dataclasses import replace
 
-    out = []
-    for i, ids in enumerate(prompts):
-        p = params if params.seed is None else replace(params, seed=params.seed + i)
-        out.append(generate(model, tokenizer, ids, p))
-    return out
+    per_prompt = [params if params.seed is None else replace(params, seed=params.seed + i)
+                  for i in range(len(prompts))]
+    if not batchable(model):
+        return [generate(model, tokenizer, ids, p) for ids, p in zip(prompts, per_prompt)]
+    mx.reset_peak_memory()
+    gen = BatchGenerator(model, tokenizer, max_batch=max_batch)
+    uids = [gen.insert(ids, p) for ids, p in zip(prompts, per_prompt)]
+    texts: dict[int, list[str]] = {u: [] for u in uids}
+    tokens: dict[int, list[int]] = {u: [] for u in uids}
+    stats: dict[int, GenerationStats] = {}
+    while gen.has_work:
+        for ev in gen.step():
+            texts[ev.uid].append(ev.text)
+            if ev.token is not None:
+                tokens[ev.uid].append(ev.token)
+            if ev.stats is not None:
+                stats[ev.uid] = ev.stats
+    return [Generation("".join(texts[u]), tokens[u], stats[u]) for u in uids]
+
+
+# ---- batched decoding ------------------------------------------------------------------------
+
+@dataclass
+class BatchEvent:
+    """What one step produced for one row: new text (may be empty), the token, and at the end the stats."""
+
+    uid: int
+    text: str
+    token: int | None = None
+    finish_reason: str | None = None      # "stop" | "length" | "cancelled" on the row's last event
+    stats: GenerationStats | None = None  # on the row's last event
+
+
+@dataclass
+class _Row:
+    uid: int
+    prompt: list[int]
+    params: SamplingParams
+    adapter: int
+    key: mx.array
+    text: _TextState
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    n: int = 0
+    t_decode: float = 0.0
+
+    def finish(self, reason: str, token: int | None, text: str = "") -> BatchEvent:
+        if reason != "cancelled" and not self.text.stopped:
+            text += self.text.flush()
+        s = self.stats
+        s.finish_reason, s.completion_tokens = reason, self.n
+        s.decode_seconds = time.perf_counter() - self.t_decode if self.t_decode else 0.0
+        s.peak_memory_bytes = mx.get_peak_memory()
+        return BatchEvent(self.uid, text, token, reason, s)
+
+
+def batchable(model) -> bool:
+    """Whether `model`'s caches are plain KV caches, which `BatchGenerator` can batch."""
+    from mlx_lm.models.cache import KVCache
+
+    return all(type(c) is KVCache for c in make_cache(model))
+
+
+class BatchGenerator:
+    kv_step = 64   # KV cache growth step (tokens): mlx-lm's 256 costs memory with many short rows
+
+    """Continuous batched decoding: rows join (`insert`) and leave (finish, `cancel`) between steps.
+
+    Each `step()` first prefills the waiting rows that fit (up to `max_batch` rows in all) together,
+    left-padded, into new `BatchKVCache`s (mlx-lm) and merges those into the batch's, then runs one
+    decode step for every row and returns one `BatchEvent` per row. The forward for the
+    next step is queued before this step's tokens are read back, as in `stream`.
+
+    `set_adapters(indices)`, if given, is called before every forward with the adapter index of
+    each row in the batch (a list of ints): a hook for per-row adapters (see
+    `iceburg_mlx.serve.multi_lora`). Not thread-safe: drive it from one thread.
+    """
+
+    def __init__(self, model, tokenizer, max_batch: int = 32,
+                 set_adapters: Callable[[list[int]], None] | None = None):
+        from iceburg_mlx.errors import UnsupportedModelError
+
+        if not batchable(model):
+            raise UnsupportedModelError(f"{type(model).__name__}: batched decoding needs plain KV caches")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch = max(1, int(max_batch))
+        self.set_adapters = set_adapters
+        self.stop_ids = _stop_ids(tokenizer)
+        self._n_layers = len(make_cache(model))
+        self._waiting: list[_Row] = []
+        self._rows: list[_Row] = []
+        self._cancelled: set[int] = set()
+        self._cache = None      # list of BatchKVCache, one per layer, rows in self._rows order
+        self._y = None          # (B,) tokens sampled and not yet fed to the model
+        self._next_uid = 0
+
+    @property
+    def active(self) -> int:
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._rows or self._waiting)
+
+    def insert(self, prompt_tokens: Sequence[int], params: SamplingParams, adapter: int = 0) -> int:
+        """Queue a row; it joins the batch at the next step with room. Returns its uid."""
+        params = params.validate()
+        if len(prompt_tokens) == 0:
+            raise ValueError("a row needs at least one prompt token")
+        uid = self._next_uid
+        self._next_uid += 1
+        key = _row_key(params.seed) if params.seed is not None else mx.random.key((time.time_ns() + uid) % 2**31)
+        self._waiting.append(_Row(uid, list(prompt_tokens), params, int(adapter), key,
+                                  _TextState(self.tokenizer, params.stop)))
+        return uid
+
+    def cancel(self, uid: int) -> None:
+        """Drop a row (waiting or decoding) before the next step; its slot is freed then."""
+        self._cancelled.add(uid)
+
+    def _select(self, adapters: list[int]) -> None:
+        if self.set_adapters is not None:
+            self.set_adapters(adapters)
+
+    def _sample(self, rows: list[_Row], logits: mx.array) -> mx.array:
+        greedy = mx.argmax(logits, axis=-1)
+        if all(r.params.temperature == 0 for r in rows):
+            return greedy
+        parts = []
+        for i, r in enumerate(rows):
+            if r.params.temperature == 0:
+                parts.append(greedy[i:i + 1])
+            else:  # the same key sequence as `stream`, so a seeded row draws what it would alone
+                r.key, sub = mx.random.split(r.key)
+                parts.append(sample(logits[i:i + 1], r.params.temperature, r.params.top_p, sub).astype(greedy.dtype))
+        return mx.concatenate(parts)
+
+    def _drop_cancelled(self, events: list[BatchEvent]) -> None:
+        if not self._cancelled:
+            return
+        for r in self._waiting:
+            if r.uid in self._cancelled:
+                events.append(r.finish("cancelled", None))
+        self._waiting = [r for r in self._waiting if r.uid not in self._cancelled]
+        keep = [i for i, r in enumerate(self._rows) if r.uid not in self._cancelled]
+        for r in self._rows:
+            if r.uid in self._cancelled:
+                events.append(r.finish("cancelled", None))
+        self._cancelled.clear()
+        self._filter(keep)
+
+    def _admit(self, events: list[BatchEvent]) -> None:
+        """Prefill the waiting rows that fit, together (left-padded), and merge them into the batch."""
+        from mlx_lm.models.cache import BatchKVCache
+
+        new: list[_Row] = []
+        while self._waiting and len(self._rows) + len(new) < self.max_batch:
+            row = self._waiting.pop(0)
+            row.stats.prompt_tokens = len(row.prompt)
+            if row.params.max_tokens == 0:
+                events.append(row.finish("length", None))
+            else:
+                new.append(row)
+        if not new:
+            return
+        t0 = time.perf_counter()
+        width = max(len(r.prompt) for r in new)
+        pads = [width - len(r.prompt) for r in new]
+        tokens = mx.array([[0] * p + r.prompt for p, r in zip(pads, new)], dtype=mx.uint32)
+        cache = [BatchKVCache(pads) for _ in range(self._n_layers)]
+        for c in cache:
+            c.step = self.kv_step
+        self._select([r.adapter for r in new])
+        logits = _prefill_rows(self.model, tokens, cache)
+        y = self._sample(new, logits).astype(mx.uint32)
+        mx.eval(y, [c.state[:2] for c in cache])
+        now = time.perf_counter()
+        for r in new:
+            r.stats.prompt_seconds, r.t_decode = now - t0, now
+        if self._cache is None:
+            self._cache, self._y = cache, y
+        else:
+            for mine, more in zip(self._cache, cache):
+                mine.extend(more)
+            self._y = mx.concatenate([self._y, y])
+        self._rows += new
+        mx.clear_cache()
+
+    def _filter(self, keep: list[int]) -> None:
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache, self._y = None, None
+            return
+        idx = mx.array(keep, dtype=mx.int32)
+        for c in self._cache:
+            c.filter(idx)
+        self._y = self._y[idx]
+
+    def step(self) -> list[BatchEvent]:
+        """Admit waiting rows, decode one token for every row; one event per row (finished rows leave)."""
+        events: list[BatchEvent] = []
+        self._drop_cancelled(events)
+        self._admit(events)
+        rows = self._rows
+        if not rows:
+            return events
+        self._select([r.adapter for r in rows])
+        logits = self.model(self._y[:, None], cache=self._cache)[:, -1, :]
+        next_y = self._sample(rows, logits)
+        mx.async_eval(next_y)
+        keep = []
+        for i, (row, tok) in enumerate(zip(rows, self._y.tolist())):
+            row.n += 1
+            if tok in self.stop_ids:
+                events.append(row.finish("stop", tok))
+                continue
+            out, hit = row.text.add(tok)
+            if hit:
+                events.append(row.finish("stop", tok, out))
+            elif row.n >= row.params.max_tokens:
+                events.append(row.finish("length", tok, out))
+            else:
+                events.append(BatchEvent(row.uid, out, tok))
+                keep.append(i)
+        self._y = next_y
+        self._filter(keep)
+        return events

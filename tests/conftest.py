@@ -58,3 +58,5 @@ def smollm_path() -> Path:
     if not path.is_file():
         pytest.fail(f"the embedded default model is missing at {path}: run `iceburg-mlx models fetch`")
     return path
+
+from serve_fixtures import client, registry, server  # noqa: E402,F401  (server test fixtures)

@@ -118,3 +118,44 @@ def test_bad_sampling_params():
         SamplingParams(top_p=0).validate()
     with pytest.raises(ConfigError, match="temperature"):
         SamplingParams(temperature=-1).validate()
+
+
+def test_generate_many_batches_and_matches_generate(tiny):
+    """Batched decoding (rows joining as others leave) gives each prompt what `generate` gives it alone."""
+    from dataclasses import replace
+
+    from iceburg_mlx.generation import generate_many
+
+    texts = ["the tin man", "a", "in the end there was nothing left but the sea", "hello", "xyz", "the"]
+    prompts = [chat_prompt(tiny.tokenizer, [{"role": "user", "content": t}]) for t in texts]
+    free = generate(tiny.model, tiny.tokenizer, prompts[0], SamplingParams(max_tokens=16)).text
+    for params in (SamplingParams(max_tokens=16), SamplingParams(max_tokens=12, stop=(free[4:6],)),
+                   SamplingParams(temperature=0.8, top_p=0.9, max_tokens=12, seed=5)):
+        many = generate_many(tiny.model, tiny.tokenizer, prompts, params, max_batch=4)
+        for i, (ids, g) in enumerate(zip(prompts, many)):
+            one = generate(tiny.model, tiny.tokenizer, ids, params if params.seed is None else replace(params, seed=5 + i))
+            assert (g.tokens, g.text, g.stats.finish_reason) == (one.tokens, one.text, one.stats.finish_reason)
+            assert g.stats.completion_tokens == one.stats.completion_tokens
+            assert g.stats.prompt_tokens == len(ids)
+
+
+def test_batch_generator_cancel_and_zero_tokens(tiny):
+    from iceburg_mlx.generation import BatchGenerator
+
+    gen = BatchGenerator(tiny.model, tiny.tokenizer, max_batch=2)
+    ids = chat_prompt(tiny.tokenizer, [{"role": "user", "content": "hi"}])
+    a = gen.insert(ids, SamplingParams(max_tokens=50))
+    b = gen.insert(ids, SamplingParams(max_tokens=0))
+    c = gen.insert(ids, SamplingParams(max_tokens=3))
+    finished = {}
+    for _ in range(3):
+        for ev in gen.step():
+            if ev.finish_reason:
+                finished[ev.uid] = ev.finish_reason
+    gen.cancel(a)
+    while gen.has_work:
+        for ev in gen.step():
+            if ev.finish_reason:
+                finished[ev.uid] = ev.finish_reason
+    assert finished == {a: "cancelled", b: "length", c: "length"}
+    assert gen.active == 0
