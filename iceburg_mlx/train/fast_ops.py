@@ -3,9 +3,12 @@
 MLX's CPU `exp` runs at ~0.1 Gelem/s (NumPy: 3.2); SiLU over every MLP activation, forward and
 backward, is a large share of a LoRA step there. `poly_exp` computes 2^n * 2^f with n = round(x log2 e),
 a degree-6 Taylor polynomial for 2^f on [-1/2, 1/2] and 2^n written straight into the float's bits: only
-multiply-adds and a shift, which `mx.compile` fuses into one pass (relative error < 1.5e-6 for |x| <= 10,
-the f32 rounding of x log2 e beyond). `fast_swiglu(model)` swaps it into the model's MLP for the duration of a
-`with` block, on the CPU backend only; the model classes themselves stay mlx-lm's.
+multiply-adds and a shift (relative error < 1.5e-6 for |x| <= 10,
+the f32 rounding of x log2 e beyond). Measured here on 12.6M elements: `poly_exp` alone is
+no faster than MLX's exp (the bit-cast keeps `mx.compile` from fusing it), but SiLU forward+backward
+with the explicit vjp took 0.28 s against 0.42 s for autodiff of `nn.silu`; in the cross-entropy it
+gained nothing and doubled the peak, so it is not used there. `fast_swiglu(model)` swaps it into
+the model's MLP for the duration of a `with` block, on the CPU backend only; the model classes themselves stay mlx-lm's.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ _LOG2E = 1.4426950408889634
 _C = tuple(math.log(2.0) ** k / math.factorial(k) for k in range(7))
 
 
+@mx.compile
 def poly_exp(x: mx.array) -> mx.array:
     t = mx.clip(x.astype(mx.float32) * _LOG2E, -126.0, 126.0)
     n = mx.round(t)

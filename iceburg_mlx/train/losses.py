@@ -24,18 +24,11 @@ Array = mx.array
 
 # ----------------------------------------------------------------------------- cross-entropy
 
-def _exp():
-    """MLX's exp on GPUs; on the CPU backend (exp ~0.1 Gelem/s there) the polynomial one."""
-    from iceburg_mlx.train.fast_ops import cpu_backend, poly_exp
-
-    return poly_exp if cpu_backend() else mx.exp
-
-
 @mx.custom_function
 def _ce_saving_exp(logits: Array, targets: Array) -> tuple[Array, Array, Array]:
     x = logits.astype(mx.float32)
     top = mx.max(x, axis=-1, keepdims=True)
-    e = _exp()(x - top)
+    e = mx.exp(x - top)
     total = mx.sum(e, axis=-1, keepdims=True)
     picked = mx.take_along_axis(x, targets[:, None], axis=-1)
     return (top + mx.log(total) - picked).squeeze(-1), e, total
@@ -57,8 +50,7 @@ def cross_entropy(logits: Array, targets: Array, for_grad: bool = True) -> Array
 
     Same value as `nn.losses.cross_entropy`. With for_grad=True (training) the forward keeps
     exp(logits - max) and the backward is softmax - onehot from it: one exp over the vocabulary
-    per step instead of two, and a smaller peak than autodiff of logsumexp. On the CPU backend
-    that exp is `fast_ops.poly_exp` (relative error ~1e-6). The saved array is
+    per step instead of two, and a smaller peak than autodiff of logsumexp. The saved array is
     computed even if no gradient is taken, so forward-only callers (evaluation, the DPO
     reference) pass for_grad=False for a plain logsumexp.
     """
