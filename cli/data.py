@@ -219,19 +219,74 @@ def order_cmd(
 
 @data_app.command("pairs")
 def pairs_cmd(
-    logs: List[Path] = typer.Argument(..., help="Interaction/feedback logs written by iceburg_mlx.data.collect."),
+    logs: Optional[List[Path]] = typer.Argument(None, help="Interaction/feedback logs written by iceburg_mlx.data.collect."),
     out: Path = typer.Option(..., "--out", help="Output JSONL of preference pairs."),
+    bon: int = typer.Option(0, "--bon", help="Best-of-N: sample N answers per prompt of --prompts instead of reading logs."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Best-of-N: JSONL of prompts (messages ending in a user turn, or prompt)."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="Best-of-N: adapter to sample with (registry name or path)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Best-of-N: base model (default: the adapter's base, else the default model)."),
+    role: Optional[str] = typer.Option(None, "--role", help="Best-of-N: scorer role rule (default: the adapter's role)."),
+    min_margin: float = typer.Option(0.1, "--min-margin", help="Best-of-N: keep a pair when best - worst score >= this."),
+    temperature: float = typer.Option(0.8, "--temperature", help="Best-of-N: sampling temperature."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Best-of-N: tokens per sample."),
+    seed: int = typer.Option(0, "--seed", help="Best-of-N: base seed (prompt i, sample j uses seed + 1000 i + j)."),
+    hard_negatives: bool = typer.Option(True, "--hard-negatives/--no-hard-negatives",
+                                        help="Best-of-N: add perturbed copies of the best answer as rejected."),
 ) -> None:
-    """Turn feedback (edits, thumbs, regenerates) into preference pairs."""
+    """Turn feedback (edits, thumbs, regenerates) into preference pairs, or sample best-of-N pairs (--bon N)."""
     from collections import Counter
 
     from iceburg_mlx.data.io import write_jsonl
-    from iceburg_mlx.data.pairs import feedback_pairs
 
-    pairs = feedback_pairs(logs)
+    if bon:
+        pairs = _bon_pairs(bon, prompts, adapter, model, role, min_margin, temperature, max_tokens, seed,
+                           hard_negatives)
+    else:
+        from iceburg_mlx.data.pairs import feedback_pairs
+
+        if not logs:
+            raise typer.BadParameter("give feedback log files, or --bon N --prompts FILE --adapter A")
+        pairs = feedback_pairs(logs)
     write_jsonl(out, pairs)
     by = ", ".join(f"{k} {v}" for k, v in Counter(p["source"] for p in pairs).items())
     _console().print(f"wrote {len(pairs)} preference pairs ({by or 'none'}) -> {out}")
+
+
+def _bon_pairs(n, prompts, adapter, model, role, min_margin, temperature, max_tokens, seed, hard_negatives):
+    from iceburg_mlx.data.bon import PERTURBATIONS, best_of_n_pairs, model_sampler, prompt_messages
+    from iceburg_mlx.data.io import iter_jsonl
+    from iceburg_mlx.data.score import ROLE_RULES
+    from iceburg_mlx.errors import ConfigError, DataError
+    from iceburg_mlx.models import load_model
+
+    if prompts is None:
+        raise ConfigError("--bon needs --prompts FILE")
+    msgs = []
+    for line, rec in iter_jsonl(prompts):
+        try:
+            msgs.append(prompt_messages(rec))
+        except DataError as e:
+            raise DataError(f"{prompts}:{line}: {e}") from None
+    cfg = {}
+    if adapter:
+        import json
+
+        from iceburg_mlx.adapters import resolve_adapter_path
+
+        path = resolve_adapter_path(adapter)
+        cfg = json.loads((path / "adapter_config.json").read_text())
+        adapter = str(path)
+    role = role or (cfg.get("role") if cfg.get("role") in ROLE_RULES else None)
+    loaded = load_model(model or cfg.get("base_model"), adapter=adapter)
+    err = _console(stderr=True)
+    err.print(f"sampling {n} answers for each of {len(msgs)} prompts (temperature {temperature}, role {role or 'none'})")
+    pairs, rep = best_of_n_pairs(
+        msgs, model_sampler(loaded.model, loaded.tokenizer, temperature=temperature, max_tokens=max_tokens),
+        role=role, n=n, min_margin=min_margin, hard_negatives=tuple(PERTURBATIONS) if hard_negatives else (),
+        seed=seed, on_prompt=lambda i, total: err.print(f"  prompt {i}/{total}"))
+    err.print(f"best-of-{n}: {rep.pairs} pairs cleared margin {min_margin}, {rep.below_margin} below it, "
+              f"{rep.hard_negatives} hard negatives")
+    return pairs
 
 
 @data_app.command("prepare")

@@ -84,13 +84,12 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     from iceburg_mlx.models import load_model
     from iceburg_mlx.train import batching, lora
     from iceburg_mlx.train.loop import Callbacks, LoopConfig, LoopState, Trainer
-    from iceburg_mlx.train.objectives import OBJECTIVES
+    from iceburg_mlx.train.objectives import make_objective
     from iceburg_mlx.train.provenance import collect
     from iceburg_mlx.train.schedule import make_optimizer, make_schedule
 
-    if recipe.method.name not in OBJECTIVES:
-        raise ConfigError(f"method.name: '{recipe.method.name}' training is not available "
-                          f"(available: {', '.join(OBJECTIVES)})")
+    objective = make_objective(recipe.method)
+    is_dpo = recipe.method.name == "dpo"
     role = recipe.role.name or "adapter"
     group = mx.distributed.init() if _distributed_requested() else None
     world, rank = (group.size(), group.rank()) if group is not None else (1, 0)
@@ -98,6 +97,10 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     if train_path is None:
         raise ConfigError("data.train: no training data file given")
     valid_path = _resolve_data(recipe.data.valid, opts.recipe_path, "data.valid")
+    if is_dpo:
+        from iceburg_mlx.train import dpo, prefs
+
+        init_dir = dpo.check_init_adapter(recipe, opts.adapters_dir)  # refused before any compute
 
     mx.random.seed(recipe.seed)
     compute = recipe.model.compute_dtype
@@ -113,8 +116,13 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     _note(opts, f"{'DoRA' if recipe.lora.dora else 'LoRA'} r{recipe.lora.rank} on {n_wrapped} layers, "
                 f"{lora.trainable_parameter_count(model) / 1e6:.2f} M trainable parameters")
 
-    examples, rep = _examples(tok, train_path, recipe)
-    valid = _examples(tok, valid_path, recipe)[0] if valid_path else None
+    if is_dpo:  # pairs, held-out split, init adapter, cached reference log-probs
+        data = dpo.prepare(recipe, model, tok, base_path=loaded.source.path, train_path=train_path,
+                           valid_path=valid_path, init_dir=init_dir, note=lambda m: _note(opts, m))
+        rep, valid = data.report, data.valid
+    else:
+        examples, rep = _examples(tok, train_path, recipe)
+        valid = _examples(tok, valid_path, recipe)[0] if valid_path else None
     if rep.truncated or rep.dropped_overlong or rep.dropped_unsupervised:
         _note(opts, f"data: {rep.truncated} truncated, {rep.dropped_overlong} dropped as over-long, "
                     f"{rep.dropped_unsupervised} dropped with no supervised token (max_seq_len "
@@ -123,7 +131,7 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     bs = recipe.train.batch_size
     if bs % world:
         raise ConfigError(f"train.batch_size {bs} is not divisible by the {world} ranks")
-    steps = _total_steps(recipe, examples, world)
+    steps = data.steps(recipe) if is_dpo else _total_steps(recipe, examples, world)
 
     schedule = make_schedule(recipe.schedule.kind, recipe.optim.lr, steps, recipe.schedule.warmup,
                              recipe.schedule.min_lr)
@@ -139,7 +147,9 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     def save_adapter(m, path):
         lora.save_adapters(m, path, extra_config={"base_model": recipe.model.base, "role": role})
 
-    trainer = Trainer(model, opt, OBJECTIVES[recipe.method.name], cfg, run_dir, save_adapter, group)
+    trainer = Trainer(model, opt, objective, cfg, run_dir, save_adapter, group)
+    if is_dpo:
+        trainer.to_arrays, trainer.gather = prefs.pref_arrays, prefs.pref_gather
     if opts.resume:
         st = trainer.load_checkpoint(_latest_checkpoint(run_dir), lora.load_adapters)
         metrics = [m for m in metrics if m.get("step", 0) <= st.step]
@@ -152,20 +162,32 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
                        seed=recipe.seed, backend=dev.backend,
                        recipe_sha=hashlib.sha256(recipe_text.encode()).hexdigest(), world=world)
         prov.update({"role": role, "data_report": rep.as_dict(), "compute": loaded.compute})
+        if is_dpo:
+            prov["dpo"] = data.provenance
         _write_atomic(run_dir / "provenance.json", json.dumps(prov, indent=2))
 
     def shard(it):
         for epoch, index, b in it:
             yield epoch, index, batching.take_rows(b, list(range(rank, len(b.inputs), world))) if world > 1 else b
 
-    it = shard(batching.iterate(examples, bs, recipe.seed, recipe.data.packing, recipe.data.max_seq_len, pad,
-                                st.epoch, st.index))
-    val_batches = None
-    if valid:
+    if is_dpo:
+        it = data.batches(recipe, pad, st.epoch, st.index, rank, world)
+        val_batches = data.val_batches(recipe, pad, rank, world)
+    else:
+        it = shard(batching.iterate(examples, bs, recipe.seed, recipe.data.packing, recipe.data.max_seq_len, pad,
+                                    st.epoch, st.index))
+        val_batches = None
+    if valid and not is_dpo:
         val_batches = [batching.take_rows(b, list(range(rank, len(b.inputs), world))) if world > 1 else b
                        for b in batching.epoch_batches(valid, bs, recipe.seed, 0, recipe.data.packing,
                                                        recipe.data.max_seq_len, pad)]
-    cb = Callbacks(on_step=opts.on_step, on_eval=opts.on_eval, metrics=metrics)
+    on_eval = opts.on_eval
+    if is_dpo:  # held-out reward metrics as a note after each evaluation
+        def on_eval(step, v):
+            if opts.on_eval:
+                opts.on_eval(step, v)
+            _note(opts, f"step {step}: held-out {dpo.summary(trainer.eval_metrics)}")
+    cb = Callbacks(on_step=opts.on_step, on_eval=on_eval, metrics=metrics)
     cb.on_checkpoint = (lambda p: _write_metrics(run_dir, cb.metrics)) if rank == 0 else None
     try:
         st = trainer.run(it, st, val_batches, cb)
