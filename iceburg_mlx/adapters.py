@@ -45,12 +45,15 @@ def resolve_adapter_path(spec: str, adapters_dir: str | os.PathLike | None = Non
 
 
 def attach_adapter(loaded, spec: str, adapters_dir: str | os.PathLike | None = None) -> Path:
-    """Apply the adapter `spec` (registry name or path) to `loaded.model` in place; returns its directory."""
-    from mlx_lm.tuner.utils import load_adapters
+    """Apply the adapter `spec` (registry name or path) to `loaded.model` in place; returns its directory.
+
+    Uses the same LoRA/DoRA layers as training (`train.lora`), frozen for inference."""
+    from iceburg_mlx.train.lora import load_adapters
 
     path, name = _resolve(spec, adapters_dir)
     try:
-        load_adapters(loaded.model, str(path))
+        load_adapters(loaded.model, path)
+        loaded.model.freeze()
     except (ValueError, KeyError) as e:
         raise AdapterError(f"{path}: does not fit this base model ({e})") from None
     loaded.model.eval()

@@ -85,7 +85,7 @@ def _prefill_rows(model, tokens: mx.array, cache, chunk: int | None = None) -> m
     return model(tokens[:, n:], cache=cache)[:, -1, :]
 
 
-def _stop_ids(tokenizer) -> set[int]:
+def stop_ids(tokenizer) -> set[int]:
     ids = set(getattr(tokenizer, "eos_token_ids", None) or [])
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
@@ -105,7 +105,7 @@ def stream(model, tokenizer, prompt_tokens: Sequence[int], params: SamplingParam
     params = params.validate()
     stats = stats if stats is not None else GenerationStats()
     cache = cache if cache is not None else make_cache(model)
-    stop_ids = _stop_ids(tokenizer)
+    eos_ids = stop_ids(tokenizer)
     key = _row_key(params.seed)
     text = _TextState(tokenizer, params.stop)
     mx.reset_peak_memory()
@@ -141,7 +141,7 @@ def stream(model, tokenizer, prompt_tokens: Sequence[int], params: SamplingParam
             n += 1
             if generated is not None:
                 generated.append(y_val)
-            if y_val in stop_ids:
+            if y_val in eos_ids:
                 stats.finish_reason = "stop"
                 break
             out, hit = text.add(y_val)
@@ -331,7 +331,7 @@ class BatchGenerator:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch = max(1, int(max_batch))
         self.set_adapters = set_adapters
-        self.stop_ids = _stop_ids(tokenizer)
+        self.stop_ids = stop_ids(tokenizer)
         self._n_layers = len(make_cache(model))
         self._waiting: list[_Row] = []
         self._rows: list[_Row] = []

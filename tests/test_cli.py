@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-import tiny
 
 
 def run(*args, env=None, stdin=None, timeout=300):

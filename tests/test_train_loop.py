@@ -1,7 +1,6 @@
 """The training loop on a tiny model: packing, resume, convergence, QLoRA, divergence, bad input."""
 
 import json
-import math
 
 import mlx.core as mx
 import numpy as np

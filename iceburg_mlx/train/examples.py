@@ -14,7 +14,7 @@ from typing import Any
 
 from iceburg_mlx.chat import common_prefix
 from iceburg_mlx.errors import DataError
-from iceburg_mlx.generation import _stop_ids, chat_prompt
+from iceburg_mlx.generation import chat_prompt, stop_ids
 
 
 def assistant_mask(tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
@@ -22,14 +22,14 @@ def assistant_mask(tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int]
     if not any(m.get("role") == "assistant" for m in messages):
         raise DataError("conversation has no assistant turn to score")
     ids = chat_prompt(tokenizer, messages, add_generation_prompt=False)
-    stop_ids = _stop_ids(tokenizer)
+    eos = stop_ids(tokenizer)
     mask = [0] * len(ids)
     for i, m in enumerate(messages):
         if m.get("role") != "assistant":
             continue
         start = common_prefix(ids, chat_prompt(tokenizer, messages[:i], add_generation_prompt=True)) if i else 0
         end = common_prefix(ids, chat_prompt(tokenizer, messages[: i + 1], add_generation_prompt=False))
-        stops = [j for j in range(start, end) if ids[j] in stop_ids]
+        stops = [j for j in range(start, end) if ids[j] in eos]
         if stops:  # end at the end-of-turn token: the template's newline after it is not the answer
             end = stops[-1] + 1
         for j in range(start, end):

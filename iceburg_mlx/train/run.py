@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from iceburg_mlx.errors import ConfigError, DataError
 
@@ -83,7 +83,7 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     from iceburg_mlx import hardware
     from iceburg_mlx.models import load_model
     from iceburg_mlx.train import batching, lora
-    from iceburg_mlx.train.loop import Callbacks, LoopConfig, LoopState, Trainer
+    from iceburg_mlx.train.loop import Callbacks, LoopConfig, Trainer
     from iceburg_mlx.train.objectives import make_objective
     from iceburg_mlx.train.provenance import collect
     from iceburg_mlx.train.schedule import make_optimizer, make_schedule
