@@ -4,8 +4,12 @@
 
 Rows:
 - iceburg-mlx: our engine on the model as our loader prepares it (f32 on CPU).
-- mlx-lm: `mlx_lm.generate.stream_generate` on the very same model object (same weights, same
-  process set-up); the ratio against it isolates the engine.
+  On Linux CPU it decodes from the packed (quantized) weights the f32 ones were dequantized from
+  (`iceburg_mlx.models.packed`); its peak adds those packed bytes to MLX's peak.
+- mlx-lm: `mlx_lm.generate.stream_generate` on the same model object with the packed path off,
+  i.e. the f32 weights as mlx-lm holds them, under the same process set-up (OpenBLAS, GEMV shim,
+  malloc setting).
+- mlx-lm, packed weights: the same on our packed path; against it the ratio isolates the engine.
 - mlx-lm, stock set-up: the same in a child process with our Linux set-up switched off
   (ICEBURG_MLX_NO_TUNE=1: MLX's bundled BLAS, default malloc) - what mlx-lm gives out of the box.
 - llama.cpp: llama-cpp-python on the same GGUF (its own quantized kernels), in a child process.
@@ -39,10 +43,11 @@ def _measure_mlx(which: str, model_spec: str | None, max_tokens: int, reps: int)
     from mlx_lm.generate import stream_generate
 
     from iceburg_mlx.generation import GenerationStats, chat_prompt, stream
-    from iceburg_mlx.models import load_model
+    from iceburg_mlx.models import load_model, packed
     from iceburg_mlx.sampling import SamplingParams
 
     loaded = load_model(model_spec)
+    extra_mib = packed.nbytes() / 2**20
     ids = chat_prompt(loaded.tokenizer, [{"role": "user", "content": PROMPT}])
     params = SamplingParams(max_tokens=max_tokens)
 
@@ -51,23 +56,26 @@ def _measure_mlx(which: str, model_spec: str | None, max_tokens: int, reps: int)
         for _ in stream(loaded.model, loaded.tokenizer, ids, params, stats=st):
             pass
         return {"prompt_tokens": st.prompt_tokens, "prompt_tps": st.prompt_tps, "tokens": st.completion_tokens,
-                "decode_tps": st.decode_tps, "peak_mib": st.peak_memory_bytes / 2**20}
+                "decode_tps": st.decode_tps, "peak_mib": st.peak_memory_bytes / 2**20 + extra_mib}
 
-    def theirs():
+    def theirs(use_packed: bool):
+        packed.set_enabled(use_packed)
         mx.reset_peak_memory()
         r = None
         for r in stream_generate(loaded.model, loaded.tokenizer, ids, max_tokens=max_tokens):
             pass
+        packed.set_enabled(True)
         return {"prompt_tokens": r.prompt_tokens, "prompt_tps": r.prompt_tps, "tokens": r.generation_tokens,
-                "decode_tps": r.generation_tps, "peak_mib": r.peak_memory * 1e9 / 2**20}
+                "decode_tps": r.generation_tps,
+                "peak_mib": r.peak_memory * 1e9 / 2**20 + (extra_mib if use_packed else 0.0)}
 
-    fns = {"iceburg-mlx": ours, "mlx-lm": theirs}
-    chosen = [fns[w] for w in which.split(",")]
+    fns = {"iceburg-mlx": ours, "mlx-lm": lambda: theirs(False), "mlx-lm, packed weights": lambda: theirs(True)}
+    chosen = [fns[w] for w in which.split("|")]
     for f in chosen:  # warm-up
         f()
-    results = {w: [] for w in which.split(",")}
+    results = {w: [] for w in which.split("|")}
     for _ in range(reps):
-        for w, f in zip(which.split(","), chosen):
+        for w, f in zip(which.split("|"), chosen):
             results[w].append(f())
     return [{"name": w, **_median(rs)} for w, rs in results.items()]
 
@@ -134,7 +142,7 @@ def main() -> None:
         print(json.dumps(_measure_llama_cpp(str(src.path), ids, args.max_tokens, args.reps)))
         return
 
-    rows = _measure_mlx("iceburg-mlx,mlx-lm", args.model, args.max_tokens, args.reps)
+    rows = _measure_mlx("iceburg-mlx|mlx-lm|mlx-lm, packed weights", args.model, args.max_tokens, args.reps)
     rows.append({**_child(args, {"ICEBURG_MLX_NO_TUNE": "1", "GLIBC_TUNABLES": ""}, "mlx-lm-stock"),
                  "name": "mlx-lm, stock set-up"})
     try:

@@ -12,6 +12,9 @@ decoding, where OpenBLAS's sgemm packs the whole weight (~3x the memory traffic 
 small shim (native/sgemm_shim.c, compiled on first use with the system C compiler into the cache
 directory) exports its own `cblas_sgemm` that sends matrix-vector products to `cblas_sgemv` and
 everything else to OpenBLAS; decoding ran ~1.3x faster with it. `ICEBURG_MLX_NO_GEMV=1` skips it.
+The same shim computes small-M products from packed quantized weights (`models/packed.py`); it is
+built with `-march=native -fopenmp` (AVX-512 kernels where the CPU has them), and OpenBLAS's idle
+threads are told to sleep at once so they do not spin against the shim's threads.
 
 Everything here is Linux-only, happens only when the library is found, and is switched off by
 `ICEBURG_MLX_NO_TUNE=1`. `status()` reports what happened (shown by `iceburg-mlx doctor`).
@@ -118,6 +121,9 @@ def setup() -> PlatformStatus:
     if "OPENBLAS_CORETYPE" not in os.environ and _has_avx512f():
         os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
     _STATUS.openblas_coretype = os.environ.get("OPENBLAS_CORETYPE")
+    # OpenBLAS's idle threads spin for ~2^28 cycles after each call by default, and take the
+    # core from the shim's own threads (packed-weight products): sleep almost at once instead.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     if os.environ.get(NO_GEMV_ENV, "") in ("1", "true", "yes"):
         _STATUS.gemv_note = f"off ({NO_GEMV_ENV})"
     elif _load_shim(path):
@@ -131,13 +137,25 @@ def setup() -> PlatformStatus:
     return _STATUS
 
 
+SHIM_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
 def build_shim(dest_root: Path | None = None) -> Path | None:
     """Compile the sgemm->sgemv shim once (keyed by its source); None when no compiler works."""
     if not SHIM_SOURCE.is_file():
         _STATUS.gemv_note = "shim source missing"
         return None
     src = SHIM_SOURCE.read_bytes()
-    key = hashlib.sha256(src).hexdigest()[:16]
+    # -march=native: the build is for this processor, so the key names it too.
+    key = hashlib.sha256(src + " ".join(SHIM_FLAGS).encode() + _cpu_flags().encode()).hexdigest()[:16]
     out = (dest_root or home_dir()) / "native" / key / "libiceburg_blas.so"
     if out.is_file():
         return out
@@ -149,8 +167,11 @@ def build_shim(dest_root: Path | None = None) -> Path | None:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
-        proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(SHIM_SOURCE), "-ldl"],
+        proc = subprocess.run([cc, *SHIM_FLAGS, "-o", tmp, str(SHIM_SOURCE), "-ldl"],
                               capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:  # a compiler without OpenMP or -march=native: the portable build
+            proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(SHIM_SOURCE), "-ldl"],
+                                  capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             os.unlink(tmp)
             _STATUS.gemv_note = f"shim build failed: {proc.stderr.strip()[:200]}"

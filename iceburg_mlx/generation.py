@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from iceburg_mlx.sampling import SamplingParams, sample
+from iceburg_mlx.models.cpu_decode import decoding
 
 PREFILL_CHUNK = 512
 
@@ -82,7 +83,8 @@ def _prefill_rows(model, tokens: mx.array, cache, chunk: int | None = None) -> m
         model(tokens[:, start:min(start + chunk, n)], cache=cache)
         mx.eval([c.state for c in cache])
         start += chunk
-    return model(tokens[:, n:], cache=cache)[:, -1, :]
+    with decoding():
+        return model(tokens[:, n:], cache=cache)[:, -1, :]
 
 
 def stop_ids(tokenizer) -> set[int]:
@@ -132,7 +134,8 @@ def stream(model, tokenizer, prompt_tokens: Sequence[int], params: SamplingParam
             if not last:
                 # Build and queue step n+1 from the still-lazy token n: the Python work of
                 # building the graph overlaps the computation of token n (as mlx-lm does).
-                next_y = step_sample(model(y.reshape(1, 1), cache=cache)[:, -1, :])
+                with decoding():
+                    next_y = step_sample(model(y.reshape(1, 1), cache=cache)[:, -1, :])
                 mx.async_eval(next_y)
             y_val = y.item()
             if t1 is None:
@@ -457,7 +460,8 @@ class BatchGenerator:
         if not rows:
             return events
         self._select([r.adapter for r in rows])
-        logits = self.model(self._y[:, None], cache=self._cache)[:, -1, :]
+        with decoding():
+            logits = self.model(self._y[:, None], cache=self._cache)[:, -1, :]
         next_y = self._sample(rows, logits)
         mx.async_eval(next_y)
         keep = []

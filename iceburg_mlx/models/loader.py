@@ -61,8 +61,10 @@ def _quantize_layers(model, weights: dict, group_size: int, per_layer: dict | No
     nn.quantize(model, class_predicate=predicate)
 
 
-def dequantize_layers(model, dtype) -> None:
+def dequantize_layers(model, dtype, keep_packed_for_decode: bool = True) -> None:
     """Replace quantized linears/embeddings by dense ones, dequantizing with f32 scales.
+
+    In f32 the packed form is also handed to the BLAS shim for small-M products (`packed`).
 
     mlx-lm's `dequantize_model` computes in the scales' dtype (f16), which rounds Q8_0 weights
     (an 8-bit integer times an 11-bit scale needs 19 bits); f32 keeps them exact.
@@ -71,6 +73,9 @@ def dequantize_layers(model, dtype) -> None:
     import mlx.nn as nn
     from mlx.utils import tree_unflatten
 
+    from iceburg_mlx.models import packed
+
+    keep_packed_for_decode = keep_packed_for_decode and dtype == mx.float32 and packed.available()
     swaps = []
     for name, mod in model.named_modules():
         if not isinstance(mod, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
@@ -85,6 +90,9 @@ def dequantize_layers(model, dtype) -> None:
             if has_bias:
                 new.bias = mod.bias.astype(dtype)
         new.weight = w
+        if keep_packed_for_decode:
+            mx.eval(w)
+            packed.keep_packed(new, mod.weight, mod.scales, mod.biases, mod.group_size, mod.bits)
         swaps.append((name, new))
     if swaps:
         model.update_modules(tree_unflatten(swaps))
@@ -200,6 +208,10 @@ def load_model(spec: str | None = None, *, compute: str = "auto", adapter: str |
     elif mode == "native":
         mode = "quantized" if quantized else "as stored"
     model.eval()
+    if mode == "float32":
+        from iceburg_mlx.models import cpu_decode
+
+        cpu_decode.install(model)
     if not lazy:
         mx.eval(model.parameters())
     info.update({"n_params": n_params, "quantized_source": quantized})

@@ -8,6 +8,9 @@
  */
 #include <dlfcn.h>
 #include <stddef.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 enum { RowMajor = 101, NoTrans = 111, Trans = 112 };
 
@@ -20,6 +23,9 @@ static sgemm_fn real_sgemm = NULL;
 static sgemv_fn real_sgemv = NULL;
 static int gemv_enabled = 1;
 static long n_gemv = 0, n_gemm = 0;
+
+static int qw_try(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc);
 
 int iceburg_blas_init(const char *blas_path) {
     void *h = dlopen(blas_path, RTLD_NOW | RTLD_GLOBAL);
@@ -35,6 +41,7 @@ long iceburg_blas_gemm_calls(void) { return n_gemm; }
 
 void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc) {
+    if (order == RowMajor && K > 0 && qw_try(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
     if (gemv_enabled && order == RowMajor && K > 0 && (ta == NoTrans || ta == Trans) &&
         (tb == NoTrans || tb == Trans)) {
         if (M == 1) {
@@ -60,4 +67,232 @@ void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, co
     }
     n_gemm++;
     real_sgemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Quantized-weight products for small M (decoding).
+ *
+ * A model loaded from a quantized file (GGUF Q4_0/Q4_1/Q8_0, MLX affine 4/8-bit) computes on f32
+ * weights dequantized from it, because MLX's CPU quantized matmul does not use BLAS. For the
+ * matrix-vector products of decoding, though, the cost is reading the weights: 4 bytes per weight
+ * in f32 against ~0.6 (4-bit) or ~1.1 (8-bit) in the packed form. iceburg_qw_register() records,
+ * for a dense f32 weight W (N x K, row-major), the packed form it was dequantized from (MLX's
+ * affine layout: codes packed little-endian in uint32 words, one f32 scale and bias per group;
+ * W[n, k] = scale * code + bias). When MLX asks for x @ W^T with at most QW_MAX_M rows of x and B
+ * is exactly a registered W, the product is computed from the packed form instead. The caller
+ * keeps W and the packed arrays alive while registered (so W's address cannot be reused).
+ * ------------------------------------------------------------------------------------------- */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define QW_SLOTS 4096 /* open addressing, power of two */
+#define QW_MAX_M 16
+#define QW_TILE 4     /* rows of x per pass over the weights */
+
+typedef struct {
+    const float *w; /* key: the dense weight's data */
+    int n, k, bits, group;
+    const uint8_t *codes; /* n rows of k*bits/8 bytes */
+    const float *scales, *biases; /* n rows of k/group */
+} qw_entry;
+
+static qw_entry qw_table[QW_SLOTS];
+static long qw_count = 0, n_qw = 0;
+static int qw_enabled = 1;
+
+static unsigned qw_hash(const void *p) {
+    uintptr_t v = (uintptr_t)p;
+    v ^= v >> 17;
+    v *= 0x9E3779B97F4A7C15ull;
+    return (unsigned)(v >> 40) & (QW_SLOTS - 1);
+}
+
+#define QW_TOMB ((const float *)1) /* a removed entry: probing goes on past it */
+
+static qw_entry *qw_find(const float *w) {
+    if (qw_count == 0) return NULL;
+    for (unsigned i = qw_hash(w), probe = 0; probe < QW_SLOTS; i = (i + 1) & (QW_SLOTS - 1), probe++) {
+        const float *key = __atomic_load_n(&qw_table[i].w, __ATOMIC_ACQUIRE);
+        if (key == w) return &qw_table[i];
+        if (key == NULL) return NULL;
+    }
+    return NULL;
+}
+
+/* 0 ok; -1 unsupported shape/type; -2 table full; -3 already registered. Not thread-safe against
+ * other writers (the Python side holds a lock); readers see an entry only once it is complete. */
+int iceburg_qw_register(const float *w, int n, int k, int bits, int group, const void *codes,
+                        const float *scales, const float *biases) {
+    if (!w || w == QW_TOMB || n <= 0 || k <= 0 || (bits != 4 && bits != 8) || group < 32 || group % 32 ||
+        k % group)
+        return -1;
+    if (qw_find(w)) return -3;
+    if (qw_count >= QW_SLOTS / 2) return -2;
+    unsigned i = qw_hash(w);
+    while (qw_table[i].w != NULL && qw_table[i].w != QW_TOMB) i = (i + 1) & (QW_SLOTS - 1);
+    qw_entry *e = &qw_table[i];
+    e->n = n; e->k = k; e->bits = bits; e->group = group;
+    e->codes = (const uint8_t *)codes; e->scales = scales; e->biases = biases;
+    __atomic_store_n(&e->w, w, __ATOMIC_RELEASE);
+    qw_count++;
+    return 0;
+}
+
+/* 0 ok, -1 not registered. After this returns no new product uses the entry's arrays. */
+int iceburg_qw_unregister(const float *w) {
+    qw_entry *e = qw_find(w);
+    if (!e) return -1;
+    __atomic_store_n(&e->w, QW_TOMB, __ATOMIC_RELEASE);
+    qw_count--;
+    return 0;
+}
+
+void iceburg_qw_set_enabled(int on) { qw_enabled = on; }
+long iceburg_qw_calls(void) { return n_qw; }
+long iceburg_qw_entries(void) { return qw_count; }
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+/* 16 codes (u8) -> 16 floats */
+static inline __m512 qw_cvt16(__m128i c) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(c)); }
+
+/* y[r, n] (r < TM) for rows n in [n0, n1); xp holds each x row with every 4-bit group's even
+ * elements first and odd ones second (the order the nibbles unpack in). */
+#define QW_KERNEL(TM)                                                                                   \
+    static void qw_rows_##TM(const qw_entry *e, const float *xp, int k, float *y, int ldy, float alpha,  \
+                             float beta, int n0, int n1) {                                              \
+        const int g = e->group, ng = k / g, row_bytes = k * e->bits / 8;                                \
+        const __m128i lo_mask = _mm_set1_epi8(0x0F);                                                    \
+        for (int n = n0; n < n1; n++) {                                                                 \
+            const uint8_t *codes = e->codes + (size_t)n * row_bytes;                                    \
+            const float *sc = e->scales + (size_t)n * ng, *bi = e->biases + (size_t)n * ng;             \
+            __m512 acc0[TM], acc1[TM];                                                                  \
+            for (int r = 0; r < TM; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();                       \
+            for (int c = 0; c < k; c += 32) {                                                           \
+                const __m512 s = _mm512_set1_ps(sc[c / g]), b = _mm512_set1_ps(bi[c / g]);              \
+                __m512 w0, w1;                                                                          \
+                if (e->bits == 4) {                                                                     \
+                    __m128i q = _mm_loadu_si128((const __m128i *)(codes + c / 2));                      \
+                    w0 = _mm512_fmadd_ps(qw_cvt16(_mm_and_si128(q, lo_mask)), s, b);                    \
+                    w1 = _mm512_fmadd_ps(qw_cvt16(_mm_and_si128(_mm_srli_epi16(q, 4), lo_mask)), s, b);  \
+                } else {                                                                                \
+                    w0 = _mm512_fmadd_ps(qw_cvt16(_mm_loadu_si128((const __m128i *)(codes + c))), s, b); \
+                    w1 = _mm512_fmadd_ps(qw_cvt16(_mm_loadu_si128((const __m128i *)(codes + c + 16))), s, b); \
+                }                                                                                       \
+                for (int r = 0; r < TM; r++) {                                                          \
+                    const float *xr = xp + (size_t)r * k + c;                                           \
+                    acc0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xr), acc0[r]);                        \
+                    acc1[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xr + 16), acc1[r]);                   \
+                }                                                                                       \
+            }                                                                                           \
+            for (int r = 0; r < TM; r++) {                                                              \
+                float t = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));                        \
+                float *out = y + (size_t)r * ldy + n;                                                   \
+                *out = alpha * t + (beta == 0.f ? 0.f : beta * *out);                                   \
+            }                                                                                           \
+        }                                                                                               \
+    }
+QW_KERNEL(1)
+QW_KERNEL(2)
+QW_KERNEL(3)
+QW_KERNEL(4)
+
+static void qw_rows(const qw_entry *e, int m, const float *xp, int k, float *y, int ldy, float alpha,
+                    float beta, int n0, int n1) {
+    switch (m) {
+    case 1: qw_rows_1(e, xp, k, y, ldy, alpha, beta, n0, n1); break;
+    case 2: qw_rows_2(e, xp, k, y, ldy, alpha, beta, n0, n1); break;
+    case 3: qw_rows_3(e, xp, k, y, ldy, alpha, beta, n0, n1); break;
+    default: qw_rows_4(e, xp, k, y, ldy, alpha, beta, n0, n1); break;
+    }
+}
+#else
+/* Portable form of the same (compilers vectorise the inner loops). */
+static void qw_rows(const qw_entry *e, int m, const float *xp, int k, float *y, int ldy, float alpha,
+                    float beta, int n0, int n1) {
+    const int g = e->group, ng = k / g, row_bytes = k * e->bits / 8;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *codes = e->codes + (size_t)n * row_bytes;
+        const float *sc = e->scales + (size_t)n * ng, *bi = e->biases + (size_t)n * ng;
+        float acc[QW_TILE][32] = {{0}};
+        for (int c = 0; c < k; c += 32) {
+            float w[32], s = sc[c / g], b = bi[c / g];
+            if (e->bits == 4)
+                for (int j = 0; j < 16; j++) {
+                    uint8_t q = codes[c / 2 + j];
+                    w[j] = (float)(q & 15) * s + b;
+                    w[16 + j] = (float)(q >> 4) * s + b;
+                }
+            else
+                for (int j = 0; j < 32; j++) w[j] = (float)codes[c + j] * s + b;
+            for (int r = 0; r < m; r++)
+                for (int j = 0; j < 32; j++) acc[r][j] += w[j] * xp[(size_t)r * k + c + j];
+        }
+        for (int r = 0; r < m; r++) {
+            float t = 0.f;
+            for (int j = 0; j < 32; j++) t += acc[r][j];
+            float *out = y + (size_t)r * ldy + n;
+            *out = alpha * t + (beta == 0.f ? 0.f : beta * *out);
+        }
+    }
+}
+#endif
+
+/* x rows in the order the codes unpack: for 4-bit, each group's even elements then odd ones. */
+static void qw_pack_x(const qw_entry *e, int m, const float *A, int lda, float *xp) {
+    const int k = e->k;
+    for (int r = 0; r < m; r++) {
+        const float *x = A + (size_t)r * lda;
+        float *o = xp + (size_t)r * k;
+        if (e->bits == 8) {
+            memcpy(o, x, sizeof(float) * k);
+            continue;
+        }
+        for (int c = 0; c < k; c += 32)
+            for (int j = 0; j < 16; j++) {
+                o[c + j] = x[c + 2 * j];
+                o[c + 16 + j] = x[c + 2 * j + 1];
+            }
+    }
+}
+
+static int qw_threads = 0; /* 0: OpenMP's default */
+void iceburg_qw_set_threads(int n) { qw_threads = n; }
+
+static void qw_gemm(const qw_entry *e, int M, const float *A, int lda, float alpha, float beta, float *C,
+                    int ldc) {
+    float stack[QW_TILE * 4096];
+    float *xp = e->k <= 4096 ? stack : (float *)malloc(sizeof(float) * QW_TILE * (size_t)e->k);
+    for (int r0 = 0; r0 < M; r0 += QW_TILE) {
+        int m = M - r0 < QW_TILE ? M - r0 : QW_TILE;
+        qw_pack_x(e, m, A + (size_t)r0 * lda, lda, xp);
+        float *Cr = C + (size_t)r0 * ldc;
+#ifdef _OPENMP
+        int nt = qw_threads > 0 ? qw_threads : omp_get_max_threads();
+        if (nt > 1 && (long)e->n * e->k >= 65536) {
+#pragma omp parallel num_threads(nt)
+            {
+                int t = omp_get_thread_num(), tn = omp_get_num_threads();
+                int chunk = (e->n + tn - 1) / tn, n0 = t * chunk, n1 = n0 + chunk > e->n ? e->n : n0 + chunk;
+                if (n0 < n1) qw_rows(e, m, xp, e->k, Cr, ldc, alpha, beta, n0, n1);
+            }
+            continue;
+        }
+#endif
+        qw_rows(e, m, xp, e->k, Cr, ldc, alpha, beta, 0, e->n);
+    }
+    if (xp != stack) free(xp);
+}
+
+/* Called from cblas_sgemm: 1 if the product was computed from a registered packed weight. */
+static int qw_try(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc) {
+    if (!qw_enabled || ta != NoTrans || tb != Trans || M > QW_MAX_M || M < 1) return 0;
+    qw_entry *e = qw_find(B);
+    if (!e || e->n != N || e->k != K || ldb != K) return 0;
+    n_qw++;
+    qw_gemm(e, M, A, lda, alpha, beta, C, ldc);
+    return 1;
 }
