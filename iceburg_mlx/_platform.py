@@ -13,8 +13,9 @@ small shim (native/sgemm_shim.c, compiled on first use with the system C compile
 directory) exports its own `cblas_sgemm` that sends matrix-vector products to `cblas_sgemv` and
 everything else to OpenBLAS; decoding ran ~1.3x faster with it. `ICEBURG_MLX_NO_GEMV=1` skips it.
 The same shim computes small-M products from packed quantized weights (`models/packed.py`); it is
-built with `-march=native -fopenmp` (AVX-512 kernels where the CPU has them), and OpenBLAS's idle
-threads are told to sleep at once so they do not spin against the shim's threads.
+built with `-march=native` (AVX-512 kernels where the CPU has them) and splits each product with
+one helper thread, and OpenBLAS's idle threads are told to sleep at once so they do not spin
+against it.
 
 Everything here is Linux-only, happens only when the library is found, and is switched off by
 `ICEBURG_MLX_NO_TUNE=1`. `status()` reports what happened (shown by `iceburg-mlx doctor`).
@@ -137,7 +138,7 @@ def setup() -> PlatformStatus:
     return _STATUS
 
 
-SHIM_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+SHIM_FLAGS = ("-O3", "-march=native", "-pthread", "-shared", "-fPIC")
 
 
 def _cpu_flags() -> str:
@@ -169,7 +170,7 @@ def build_shim(dest_root: Path | None = None) -> Path | None:
         os.close(fd)
         proc = subprocess.run([cc, *SHIM_FLAGS, "-o", tmp, str(SHIM_SOURCE), "-ldl"],
                               capture_output=True, text=True, timeout=120)
-        if proc.returncode != 0:  # a compiler without OpenMP or -march=native: the portable build
+        if proc.returncode != 0:  # a compiler without -march=native: the portable build
             proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(SHIM_SOURCE), "-ldl"],
                                   capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:

@@ -8,9 +8,6 @@
  */
 #include <dlfcn.h>
 #include <stddef.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 enum { RowMajor = 101, NoTrans = 111, Trans = 112 };
 
@@ -258,7 +255,80 @@ static void qw_pack_x(const qw_entry *e, int m, const float *A, int lda, float *
     }
 }
 
-static int qw_threads = 0; /* 0: OpenMP's default */
+/* One helper thread takes the second half of the rows. It spins briefly for the next product
+ * (decode issues them back to back), then sleeps on a condition variable, so it never holds a
+ * core against other threads for long (OpenMP's default spinning starved a server's threads). */
+#include <pthread.h>
+#include <sched.h>
+
+typedef struct {
+    const qw_entry *e;
+    int m, ldc;
+    const float *xp;
+    float *C, alpha, beta;
+    int n0, n1;
+} qw_job;
+
+static pthread_mutex_t qw_mu = PTHREAD_MUTEX_INITIALIZER;  /* guards posted/cond */
+static pthread_mutex_t qw_busy = PTHREAD_MUTEX_INITIALIZER; /* one caller uses the helper at a time */
+static pthread_cond_t qw_cv = PTHREAD_COND_INITIALIZER;
+static long qw_posted = 0, qw_finished = 0;
+static qw_job qw_pending;
+static int qw_helper = -1; /* -1 not tried, 0 unavailable, 1 running */
+static int qw_threads = 2;
+#define QW_SPIN 2000
+
+static void qw_run(const qw_job *j) { qw_rows(j->e, j->m, j->xp, j->e->k, j->C, j->ldc, j->alpha, j->beta, j->n0, j->n1); }
+
+static void *qw_worker(void *arg) {
+    (void)arg;
+    long seen = 0;
+    for (;;) {
+        for (int i = 0; i < QW_SPIN && __atomic_load_n(&qw_posted, __ATOMIC_ACQUIRE) == seen; i++)
+#if defined(__x86_64__)
+            __builtin_ia32_pause();
+#else
+            ;
+#endif
+        if (__atomic_load_n(&qw_posted, __ATOMIC_ACQUIRE) == seen) {
+            pthread_mutex_lock(&qw_mu);
+            while (__atomic_load_n(&qw_posted, __ATOMIC_ACQUIRE) == seen) pthread_cond_wait(&qw_cv, &qw_mu);
+            pthread_mutex_unlock(&qw_mu);
+        }
+        seen = __atomic_load_n(&qw_posted, __ATOMIC_ACQUIRE);
+        qw_job j = qw_pending;
+        qw_run(&j);
+        __atomic_store_n(&qw_finished, seen, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+/* A forked child has no helper thread: start over there. */
+static void qw_after_fork_child(void) {
+    pthread_mutex_init(&qw_mu, NULL);
+    pthread_mutex_init(&qw_busy, NULL);
+    pthread_cond_init(&qw_cv, NULL);
+    qw_posted = qw_finished = 0;
+    qw_helper = -1;
+}
+
+static int qw_start_helper(void) {
+    if (qw_helper < 0) {
+        static int atfork_done = 0;
+        if (!atfork_done) {
+            pthread_atfork(NULL, NULL, qw_after_fork_child);
+            atfork_done = 1;
+        }
+        pthread_t t;
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        qw_helper = pthread_create(&t, &a, qw_worker, NULL) == 0 ? 1 : 0;
+        pthread_attr_destroy(&a);
+    }
+    return qw_helper;
+}
+
 void iceburg_qw_set_threads(int n) { qw_threads = n; }
 
 static void qw_gemm(const qw_entry *e, int M, const float *A, int lda, float alpha, float beta, float *C,
@@ -268,20 +338,27 @@ static void qw_gemm(const qw_entry *e, int M, const float *A, int lda, float alp
     for (int r0 = 0; r0 < M; r0 += QW_TILE) {
         int m = M - r0 < QW_TILE ? M - r0 : QW_TILE;
         qw_pack_x(e, m, A + (size_t)r0 * lda, lda, xp);
-        float *Cr = C + (size_t)r0 * ldc;
-#ifdef _OPENMP
-        int nt = qw_threads > 0 ? qw_threads : omp_get_max_threads();
-        if (nt > 1 && (long)e->n * e->k >= 65536) {
-#pragma omp parallel num_threads(nt)
-            {
-                int t = omp_get_thread_num(), tn = omp_get_num_threads();
-                int chunk = (e->n + tn - 1) / tn, n0 = t * chunk, n1 = n0 + chunk > e->n ? e->n : n0 + chunk;
-                if (n0 < n1) qw_rows(e, m, xp, e->k, Cr, ldc, alpha, beta, n0, n1);
+        qw_job all = {e, m, ldc, xp, C + (size_t)r0 * ldc, alpha, beta, 0, e->n};
+        if (qw_threads > 1 && (long)e->n * e->k >= 65536 && pthread_mutex_trylock(&qw_busy) == 0) {
+            if (qw_start_helper() == 1) {
+                int half = e->n / 2;
+                qw_job mine = all, theirs = all;
+                mine.n1 = half;
+                theirs.n0 = half;
+                qw_pending = theirs;
+                pthread_mutex_lock(&qw_mu);
+                long ticket = __atomic_add_fetch(&qw_posted, 1, __ATOMIC_RELEASE);
+                pthread_cond_signal(&qw_cv);
+                pthread_mutex_unlock(&qw_mu);
+                qw_run(&mine);
+                for (int i = 0; __atomic_load_n(&qw_finished, __ATOMIC_ACQUIRE) != ticket; i++)
+                    if (i > 1000) sched_yield();
+                pthread_mutex_unlock(&qw_busy);
+                continue;
             }
-            continue;
+            pthread_mutex_unlock(&qw_busy);
         }
-#endif
-        qw_rows(e, m, xp, e->k, Cr, ldc, alpha, beta, 0, e->n);
+        qw_run(&all);
     }
     if (xp != stack) free(xp);
 }
