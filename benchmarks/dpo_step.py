@@ -22,10 +22,9 @@ import statistics
 import sys
 import time
 
+import iceburg_mlx  # noqa: F401,I001  (OpenBLAS preload: must come before mlx.core)
 import mlx.core as mx
 import numpy as np
-
-import iceburg_mlx  # noqa: F401  (OpenBLAS preload before mlx.core)
 
 
 def load_policy(recipe):

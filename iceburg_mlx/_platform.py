@@ -14,8 +14,7 @@ directory) exports its own `cblas_sgemm` that sends matrix-vector products to `c
 everything else to OpenBLAS; decoding ran ~1.3x faster with it. `ICEBURG_MLX_NO_GEMV=1` skips it.
 The same shim computes small-M products from packed quantized weights (`models/packed.py`); it is
 built with `-march=native` (AVX-512 kernels where the CPU has them) and splits each product with
-one helper thread, and OpenBLAS's idle threads are told to sleep at once so they do not spin
-against it.
+one helper thread that spins briefly, then sleeps.
 
 Everything here is Linux-only, happens only when the library is found, and is switched off by
 `ICEBURG_MLX_NO_TUNE=1`. `status()` reports what happened (shown by `iceburg-mlx doctor`).
@@ -122,9 +121,6 @@ def setup() -> PlatformStatus:
     if "OPENBLAS_CORETYPE" not in os.environ and _has_avx512f():
         os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
     _STATUS.openblas_coretype = os.environ.get("OPENBLAS_CORETYPE")
-    # OpenBLAS's idle threads spin for ~2^28 cycles after each call by default, and take the
-    # core from the shim's own threads (packed-weight products): sleep almost at once instead.
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     if os.environ.get(NO_GEMV_ENV, "") in ("1", "true", "yes"):
         _STATUS.gemv_note = f"off ({NO_GEMV_ENV})"
     elif _load_shim(path):
