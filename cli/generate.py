@@ -11,7 +11,8 @@ from iceburg_mlx.cli.main import app
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Model: name, path, Hub repo id or Ollama tag (default: smollm2-135m-instruct).")
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter directory to apply.")
-SystemOpt = typer.Option(None, "--system", "-s", help="System prompt.")
+SystemOpt = typer.Option(None, "--system", "-s",
+                         help="System prompt (default with --adapter: the one it was trained with; '' for none).")
 
 
 def _load(model: Optional[str], adapter: Optional[str]):
@@ -21,6 +22,16 @@ def _load(model: Optional[str], adapter: Optional[str]):
 
     with Console(stderr=True).status("loading model...", spinner="dots"):
         return load_model(model, adapter=adapter)
+
+
+def _system(system: Optional[str], adapter: Optional[str]) -> Optional[str]:
+    """--system as given; without it, the adapter's training system prompt (a role adapter answers
+    in its role)."""
+    if system is not None or not adapter:
+        return system or None
+    from iceburg_mlx.adapters import role_system_prompt
+
+    return role_system_prompt(adapter)
 
 
 def _stats_line(stats) -> str:
@@ -50,6 +61,7 @@ def generate(
         prompt = sys.stdin.read()
     params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed).validate()
     loaded = _load(model, adapter)
+    system = _system(system, adapter)
     tok = loaded.tokenizer
     if raw:
         ids = list(tok.encode(prompt))
@@ -84,6 +96,9 @@ def chat(
 
     params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed).validate()
     loaded = _load(model, adapter)
+    system = _system(system, adapter)
+    if system and adapter:
+        typer.echo("(system prompt from the adapter's recipe; --system to change)", err=True)
     session = ChatSession(loaded.model, loaded.tokenizer, system)
     interactive = sys.stdin.isatty()
     if interactive:

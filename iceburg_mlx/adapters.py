@@ -61,3 +61,20 @@ def attach_adapter(loaded, spec: str, adapters_dir: str | os.PathLike | None = N
     if name is not None:
         loaded.info["adapter_name"] = name
     return path
+
+
+def role_system_prompt(spec: str, adapters_dir: str | os.PathLike | None = None) -> str | None:
+    """The system prompt the adapter was trained with (its recipe's `role.system_prompt`), or None
+    when the adapter records no recipe or no prompt."""
+    import yaml
+
+    path, _ = _resolve(spec, adapters_dir)
+    recipe = path / "recipe.yaml"
+    if not recipe.is_file():
+        return None
+    try:
+        data = yaml.safe_load(recipe.read_text()) or {}
+    except yaml.YAMLError:
+        return None
+    prompt = (data.get("role") or {}).get("system_prompt") if isinstance(data, dict) else None
+    return prompt if isinstance(prompt, str) and prompt.strip() else None

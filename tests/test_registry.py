@@ -267,3 +267,34 @@ def test_load_model_attaches_a_registry_adapter(reg, tmp_path, tiny_gguf):
     assert mx.allclose(got, want, atol=1e-4).item() and not mx.allclose(got, base, atol=1e-2).item()
     with pytest.raises(AdapterError, match="oracle@2 not found"):
         load_model(gguf, adapter="oracle@2")
+
+
+def test_an_adapter_brings_its_training_system_prompt(reg, tmp_path, tiny_gguf):
+    """generate/chat --adapter without --system answer under the system prompt the adapter was
+    trained with (its recipe's role.system_prompt); --system overrides, '' means none."""
+    from typer.testing import CliRunner
+
+    from iceburg_mlx.adapters import role_system_prompt
+    from iceburg_mlx.cli.main import app
+    from iceburg_mlx.models import load_model
+    from iceburg_mlx.train.lora import apply_lora, save_adapters
+
+    gguf = str(tiny_gguf("F32"))
+    m = load_model(gguf)
+    apply_lora(m.model, {"rank": 4, "alpha": 8.0, "target_modules": ("q_proj",), "layers": -1})
+    src = save_adapters(m.model, tmp_path / "run")
+    (src / "recipe.yaml").write_text("role:\n  name: oracle\n  system_prompt: 'Answer with one verdict line.'\n")
+    publish(src, "oracle")
+    publish(fake_adapter(tmp_path / "plain"), "surveyor")
+    assert role_system_prompt("oracle") == "Answer with one verdict line."
+    assert role_system_prompt("surveyor") is None
+
+    def run(*extra):
+        r = CliRunner().invoke(app, ["generate", "--model", gguf, "--adapter", "oracle", "--prompt", "the tin man",
+                                     "--max-tokens", "12", *extra])
+        assert r.exit_code == 0, r.output
+        return r.stdout
+
+    default, explicit = run(), run("--system", "Answer with one verdict line.")
+    assert default == explicit
+    assert run("--system", "") != default or run("--system", "Something else entirely.") != default
