@@ -253,7 +253,8 @@ def pairs_cmd(
 
 
 def _bon_pairs(n, prompts, adapter, model, role, min_margin, temperature, max_tokens, seed, hard_negatives):
-    from iceburg_mlx.data.bon import PERTURBATIONS, best_of_n_pairs, model_sampler, prompt_messages
+    from iceburg_mlx.data.bon import PERTURBATIONS, best_of_n_pairs, model_sampler
+    from iceburg_mlx.data.formats import split_prompt
     from iceburg_mlx.data.io import iter_jsonl
     from iceburg_mlx.data.score import ROLE_RULES
     from iceburg_mlx.errors import ConfigError, DataError
@@ -264,7 +265,7 @@ def _bon_pairs(n, prompts, adapter, model, role, min_margin, temperature, max_to
     msgs = []
     for line, rec in iter_jsonl(prompts):
         try:
-            msgs.append(prompt_messages(rec))
+            msgs.append(split_prompt(rec)[0])
         except DataError as e:
             raise DataError(f"{prompts}:{line}: {e}") from None
     cfg = {}

@@ -11,8 +11,8 @@ from iceburg_mlx.data.bon import (
     PERTURBATIONS,
     best_of_n_pairs,
     perturb,
-    prompt_messages,
 )
+from iceburg_mlx.data.formats import split_prompt
 from iceburg_mlx.data.score import score_record
 from iceburg_mlx.errors import ConfigError, DataError
 
@@ -61,12 +61,13 @@ def test_best_of_n_keeps_pairs_over_the_margin():
         best_of_n_pairs(prompts, sample, n=1)
 
 
-def test_prompt_messages():
-    assert prompt_messages({"messages": PROMPT + [{"role": "assistant", "content": "x"}]}) == PROMPT
-    assert prompt_messages({"prompt": "hi", "system": "s"}) == [{"role": "system", "content": "s"},
-                                                                {"role": "user", "content": "hi"}]
+def test_split_prompt():
+    assert split_prompt({"messages": PROMPT + [{"role": "assistant", "content": "x"}]}) == (PROMPT, "x")
+    assert split_prompt({"prompt": "hi", "system": "s"}) == ([{"role": "system", "content": "s"},
+                                                              {"role": "user", "content": "hi"}], None)
+    assert split_prompt({"prompt": "q", "completion": "a"}) == ([{"role": "user", "content": "q"}], "a")
     with pytest.raises(DataError):
-        prompt_messages({"text": "no prompt"})
+        split_prompt({"text": "no prompt"})
 
 
 def test_cli_bon_on_a_tiny_model(tmp_path, tiny_gguf):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from iceburg_mlx.data.score import score_record
-from iceburg_mlx.errors import ConfigError, DataError
+from iceburg_mlx.errors import ConfigError
 
 Messages = list[dict[str, Any]]
 REFUSAL = "I'm sorry, but I can't help with that request."
@@ -85,22 +85,6 @@ class BonReport:
     below_margin: int = 0
     hard_negatives: int = 0
     margins: list[float] = field(default_factory=list)
-
-
-def prompt_messages(record: dict[str, Any]) -> Messages:
-    """The prompt of a record: its messages up to (not including) a final assistant turn, or `prompt`."""
-    if isinstance(record.get("messages"), list):
-        msgs = [{"role": m["role"], "content": m["content"]} for m in record["messages"]
-                if isinstance(m, dict) and "role" in m and "content" in m]
-        while msgs and msgs[-1]["role"] == "assistant":
-            msgs.pop()
-        if msgs and msgs[-1]["role"] == "user":
-            return msgs
-        raise DataError("no user turn to answer")
-    if isinstance(record.get("prompt"), str) and record["prompt"].strip():
-        msgs = [{"role": "user", "content": record["prompt"]}]
-        return ([{"role": "system", "content": record["system"]}] if record.get("system") else []) + msgs
-    raise DataError("record has neither 'messages' ending in a user turn nor 'prompt'")
 
 
 def _score(prompt: Messages, answer: str, role: str | None) -> float:

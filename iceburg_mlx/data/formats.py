@@ -168,6 +168,27 @@ def to_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [*prompt, _msg("assistant", chosen)]
 
 
+def split_prompt(record: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """(the messages up to and including the last user turn, the first assistant answer after it
+    or None) of a record in any supported format, or of a bare `{"prompt": str, "system"?: str}`
+    (a prompt with no answer). DataError when there is no user turn to answer."""
+    try:
+        messages = to_messages(record)
+    except DataError:
+        if not (isinstance(record, dict) and isinstance(record.get("prompt"), str)):
+            raise
+        messages = [_msg("user", record["prompt"])]
+        if record.get("system"):
+            messages.insert(0, _msg("system", record["system"]))
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    if not users:
+        raise DataError("no user turn to answer")
+    last = users[-1]
+    after = [m for m in messages[last + 1:] if m.get("role") == "assistant"]
+    ref = after[0].get("content") if after and isinstance(after[0].get("content"), str) else None
+    return messages[: last + 1], ref
+
+
 def _extras(record: dict[str, Any], fmt: str) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in CONSUMED[fmt]}
 

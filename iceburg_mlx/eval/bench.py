@@ -62,30 +62,11 @@ def select_benches(spec: str | Sequence[str], data_dir: str | Path) -> list[str]
     return names
 
 
-def _split_prompt(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
-    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
-    if not users:
-        raise DataError("no user turn to answer")
-    last = users[-1]
-    after = [m for m in messages[last + 1:] if m.get("role") == "assistant"]
-    ref = after[0].get("content") if after and isinstance(after[0].get("content"), str) else None
-    return messages[: last + 1], ref
-
-
 def item_from_record(rec: dict[str, Any], bench: str, default_id: str) -> BenchItem:
     """One bench item from a record; DataError(reason) if it has no prompt."""
-    from iceburg_mlx.data.formats import to_messages
+    from iceburg_mlx.data.formats import split_prompt
 
-    if set(rec) & {"messages", "conversations", "instruction", "output", "text", "chosen"} or (
-            "prompt" in rec and "completion" in rec):
-        messages = to_messages(rec)
-    elif isinstance(rec.get("prompt"), str):
-        messages = [{"role": "user", "content": rec["prompt"]}]
-        if rec.get("system"):
-            messages.insert(0, {"role": "system", "content": rec["system"]})
-    else:
-        raise DataError("no prompt (expected messages, prompt, or another chat format)")
-    prompt, ref = _split_prompt(messages)
+    prompt, ref = split_prompt(rec)
     expect = rec.get("expect") or {}
     if not isinstance(expect, dict):
         raise DataError(f"'expect' is not an object (got {type(expect).__name__})")
