@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from iceburg_mlx.errors import AdapterError, IceburgError
+from iceburg_mlx.hashing import sha256_file
 from iceburg_mlx.train import prefs
 
 
@@ -128,7 +129,7 @@ def prepare(recipe, model, tokenizer, *, base_path, train_path: Path, valid_path
     if init_dir is not None:
         lora.load_adapters(model, init_dir)
         mx.eval(model.parameters())
-        init_sha = prefs.file_sha256(init_dir / lora.ADAPTER_FILE)
+        init_sha = sha256_file(init_dir / lora.ADAPTER_FILE)
         note(f"dpo: policy and reference start from {recipe.method.init_adapter} ({init_dir})")
     prov = {"method": "dpo", "loss": m.loss, "beta": m.beta, "label_smoothing": m.label_smoothing,
             "init_adapter": str(init_dir) if init_dir else None, "init_adapter_sha256": init_sha,
@@ -139,7 +140,7 @@ def prepare(recipe, model, tokenizer, *, base_path, train_path: Path, valid_path
     base_id = prefs.base_identity(base_path, recipe.model.base)
 
     def reference(path: Path, examples):
-        key = prefs.cache_key(data_sha256=prefs.file_sha256(path), base=base_id, init_adapter=init_sha,
+        key = prefs.cache_key(data_sha256=sha256_file(path), base=base_id, init_adapter=init_sha,
                               max_seq_len=d.max_seq_len, overlong=d.overlong, system_prompt=sysp,
                               compute=recipe.model.compute_dtype)
         ctx = lora.adapters_disabled(model) if init_dir is None else contextlib.nullcontext()

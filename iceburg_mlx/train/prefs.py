@@ -192,12 +192,6 @@ def pref_gather(b: PrefBatch) -> int:
 
 # ----------------------------------------------------------------------------- reference cache
 
-def file_sha256(path: str | Path) -> str:
-    from iceburg_mlx.train.provenance import sha256_file
-
-    return sha256_file(Path(path))
-
-
 def base_identity(path: str | Path | None, spec: str) -> str:
     """Cheap identity of the base weights: path, size and mtime of each weight file."""
     if path is None:
@@ -218,7 +212,7 @@ def cache_key(**fields) -> str:
 
 
 def default_cache_dir() -> Path:
-    from iceburg_mlx.models.default import home_dir
+    from iceburg_mlx.paths import home_dir
 
     return home_dir() / "reference-logprobs"
 
