@@ -167,7 +167,7 @@ def build_shim(dest_root: Path | None = None) -> Path | None:
         proc = subprocess.run([cc, *SHIM_FLAGS, "-o", tmp, str(SHIM_SOURCE), "-ldl"],
                               capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:  # a compiler without -march=native: the portable build
-            proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(SHIM_SOURCE), "-ldl"],
+            proc = subprocess.run([cc, "-O2", "-pthread", "-shared", "-fPIC", "-o", tmp, str(SHIM_SOURCE), "-ldl"],
                                   capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             os.unlink(tmp)

@@ -61,7 +61,7 @@ def _quantize_layers(model, weights: dict, group_size: int, per_layer: dict | No
     nn.quantize(model, class_predicate=predicate)
 
 
-def dequantize_layers(model, dtype, keep_packed_for_decode: bool = True) -> None:
+def dequantize_layers(model, dtype) -> None:
     """Replace quantized linears/embeddings by dense ones, dequantizing with f32 scales.
 
     In f32 the packed form is also handed to the BLAS shim for small-M products (`packed`).
@@ -75,13 +75,12 @@ def dequantize_layers(model, dtype, keep_packed_for_decode: bool = True) -> None
 
     from iceburg_mlx.models import packed
 
-    keep_packed_for_decode = keep_packed_for_decode and dtype == mx.float32 and packed.available()
-    swaps = []
+    swaps, kept = [], []
     for name, mod in model.named_modules():
         if not isinstance(mod, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
             continue
-        w = mx.dequantize(mod.weight, mod.scales.astype(mx.float32), mod.biases.astype(mx.float32),
-                          group_size=mod.group_size, bits=mod.bits).astype(dtype)
+        scales, biases = mod.scales.astype(mx.float32), mod.biases.astype(mx.float32)
+        w = mx.dequantize(mod.weight, scales, biases, group_size=mod.group_size, bits=mod.bits).astype(dtype)
         if isinstance(mod, nn.QuantizedEmbedding):
             new = nn.Embedding(*w.shape)
         else:
@@ -90,10 +89,12 @@ def dequantize_layers(model, dtype, keep_packed_for_decode: bool = True) -> None
             if has_bias:
                 new.bias = mod.bias.astype(dtype)
         new.weight = w
-        if keep_packed_for_decode:
-            mx.eval(w)
-            packed.keep_packed(new, mod.weight, mod.scales, mod.biases, mod.group_size, mod.bits)
         swaps.append((name, new))
+        kept.append((new, mod.weight, scales, biases, mod.group_size, mod.bits))
+    if dtype == mx.float32 and packed.available():
+        mx.eval([k[:4] for k in kept])
+        for k in kept:
+            packed.keep_packed(*k)
     if swaps:
         model.update_modules(tree_unflatten(swaps))
 

@@ -10,12 +10,13 @@ or Embedding weight to the BLAS shim (`native/sgemm_shim.c`), which then compute
 at most 16 rows of x from the packed form. The entry lives as long as the module: it holds the
 dense weight (so its address cannot be reused) and the packed arrays, and is removed when the
 module is collected. The result equals the dense product up to float summation order.
-`ICEBURG_MLX_NO_PACKED=1` (or `set_enabled(False)`) turns it off.
+`ICEBURG_MLX_NO_PACKED=1` (read once per process) or `set_enabled(False)` turns it off.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 import weakref
@@ -29,6 +30,7 @@ _LOCK = threading.Lock()
 _ENTRIES: dict[int, tuple] = {}   # dense weight address -> (dense weight, codes, scales, biases)
 
 
+@functools.cache
 def _lib():
     shim = _platform.status().gemv_shim
     if not shim or os.environ.get(NO_PACKED_ENV, "") in ("1", "true", "yes"):
@@ -75,12 +77,18 @@ def keep_packed(module, codes, scales, biases, group_size: int, bits: int) -> bo
     return True
 
 
+_BUSY: list[tuple] = []   # arrays of removed entries that a product was still using (kept)
+
+
 def _drop(addr: int) -> None:
+    """Remove an entry once its module is gone. The shim waits until no product is using it
+    (a queued decode step may still run after the model object is dropped) before the arrays
+    are released; if that takes too long they are kept instead."""
     lib = _lib()
     with _LOCK:
-        if lib is not None:
-            lib.iceburg_qw_unregister(addr)
-        _ENTRIES.pop(addr, None)
+        arrays = _ENTRIES.pop(addr, None)
+        if lib is not None and lib.iceburg_qw_unregister(addr) == 1 and arrays is not None:
+            _BUSY.append(arrays)
 
 
 def nbytes() -> int:

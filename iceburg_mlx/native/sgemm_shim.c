@@ -80,6 +80,7 @@ void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, co
  * keeps W and the packed arrays alive while registered (so W's address cannot be reused).
  * ------------------------------------------------------------------------------------------- */
 #include <stdint.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -136,13 +137,23 @@ int iceburg_qw_register(const float *w, int n, int k, int bits, int group, const
     return 0;
 }
 
-/* 0 ok, -1 not registered. After this returns no new product uses the entry's arrays. */
+/* Products in flight (a product counts itself before it looks an entry up). */
+static long qw_active = 0;
+
+/* Remove an entry. 0: done, and no product is still using its arrays (they may be freed); 1: done,
+ * but products were still running after ~0.1 s (keep the arrays); -1: not registered. */
 int iceburg_qw_unregister(const float *w) {
     qw_entry *e = qw_find(w);
     if (!e) return -1;
-    __atomic_store_n(&e->w, QW_TOMB, __ATOMIC_RELEASE);
+    __atomic_store_n(&e->w, QW_TOMB, __ATOMIC_SEQ_CST);
     qw_count--;
-    return 0;
+    /* A product that began before the store may hold the entry; one that begins after cannot
+     * find it. Wait for a moment with none in flight (decode runs them one at a time). */
+    for (int i = 0; i < 100000; i++) {
+        if (__atomic_load_n(&qw_active, __ATOMIC_SEQ_CST) == 0) return 0;
+        sched_yield();
+    }
+    return 1;
 }
 
 void iceburg_qw_set_enabled(int on) { qw_enabled = on; }
@@ -259,7 +270,6 @@ static void qw_pack_x(const qw_entry *e, int m, const float *A, int lda, float *
  * (decode issues them back to back), then sleeps on a condition variable, so it never holds a
  * core against other threads for long (OpenMP's default spinning starved a server's threads). */
 #include <pthread.h>
-#include <sched.h>
 
 typedef struct {
     const qw_entry *e;
@@ -275,7 +285,6 @@ static pthread_cond_t qw_cv = PTHREAD_COND_INITIALIZER;
 static long qw_posted = 0, qw_finished = 0;
 static qw_job qw_pending;
 static int qw_helper = -1; /* -1 not tried, 0 unavailable, 1 running */
-static int qw_threads = 2;
 #define QW_SPIN 2000
 
 static void qw_run(const qw_job *j) { qw_rows(j->e, j->m, j->xp, j->e->k, j->C, j->ldc, j->alpha, j->beta, j->n0, j->n1); }
@@ -329,8 +338,6 @@ static int qw_start_helper(void) {
     return qw_helper;
 }
 
-void iceburg_qw_set_threads(int n) { qw_threads = n; }
-
 static void qw_gemm(const qw_entry *e, int M, const float *A, int lda, float alpha, float beta, float *C,
                     int ldc) {
     float stack[QW_TILE * 4096];
@@ -339,7 +346,7 @@ static void qw_gemm(const qw_entry *e, int M, const float *A, int lda, float alp
         int m = M - r0 < QW_TILE ? M - r0 : QW_TILE;
         qw_pack_x(e, m, A + (size_t)r0 * lda, lda, xp);
         qw_job all = {e, m, ldc, xp, C + (size_t)r0 * ldc, alpha, beta, 0, e->n};
-        if (qw_threads > 1 && (long)e->n * e->k >= 65536 && pthread_mutex_trylock(&qw_busy) == 0) {
+        if ((long)e->n * e->k >= 65536 && pthread_mutex_trylock(&qw_busy) == 0) {
             if (qw_start_helper() == 1) {
                 int half = e->n / 2;
                 qw_job mine = all, theirs = all;
@@ -366,10 +373,14 @@ static void qw_gemm(const qw_entry *e, int M, const float *A, int lda, float alp
 /* Called from cblas_sgemm: 1 if the product was computed from a registered packed weight. */
 static int qw_try(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc) {
-    if (!qw_enabled || ta != NoTrans || tb != Trans || M > QW_MAX_M || M < 1) return 0;
+    if (!qw_enabled || ta != NoTrans || tb != Trans || M > QW_MAX_M || M < 1 || qw_count == 0) return 0;
+    __atomic_add_fetch(&qw_active, 1, __ATOMIC_SEQ_CST);
     qw_entry *e = qw_find(B);
-    if (!e || e->n != N || e->k != K || ldb != K) return 0;
-    n_qw++;
-    qw_gemm(e, M, A, lda, alpha, beta, C, ldc);
-    return 1;
+    int used = e && e->n == N && e->k == K && ldb == K;
+    if (used) {
+        n_qw++;
+        qw_gemm(e, M, A, lda, alpha, beta, C, ldc);
+    }
+    __atomic_sub_fetch(&qw_active, 1, __ATOMIC_SEQ_CST);
+    return used;
 }
