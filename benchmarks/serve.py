@@ -8,10 +8,11 @@ data/<role>/train.jsonl) go to our server and to the four mlx-lm servers (a requ
 to r's server). Reported per system and N: generated tokens / wall time of the waves (aggregate
 tok/s, prefill included), decode tok/s (tokens after the first, over the window from a wave's first
 first token to its last token), p50/p95 request latency, and each server process's peak RSS (VmHWM). "single base" is our
-server with no adapters after one request: the memory of one base model in a server process.
+server with no adapters: after one request (one base model in a server process), and after a wave of
+the largest N (the same load, so the same KV caches).
 
-Set-up: adapters come from the registry (--adapters-dir) when all four roles are there, else
-random ones are made (r8 on q/k/v/o/gate/up/down, lora_b ~ N(0, 0.02)); mlx-lm needs a Hugging Face
+Set-up: adapters come from the registry (--adapters-dir, default adapters/) when all four roles
+are there (the shipped role recipes train r16/r16/r32/r64), else random ones are made (r8 on q/k/v/o/gate/up/down, lora_b ~ N(0, 0.02)); mlx-lm needs a Hugging Face
 directory, exported once with `iceburg-mlx fuse --dequantize` (float32, the form our loader
 computes in). `--mlx-lm-setup ours` (default) starts mlx-lm's servers with our Linux set-up
 (OpenBLAS preload, malloc settings) so both sides use the same BLAS; `stock` runs
@@ -173,7 +174,9 @@ def ensure_adapters(model: str | None, adapters_dir: Path | None, work: Path) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--adapters-dir", type=Path, default=None)
+    ap.add_argument("--adapters-dir", type=Path, default=HERE / "adapters",
+                    help="Registry to take the four role adapters from (default: the project's; "
+                         "random r8 adapters are made when a role is missing).")
     ap.add_argument("--work", type=Path, default=Path("/tmp/iceburg-serve-bench"))
     ap.add_argument("--n", default="1,4,16")
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -218,7 +221,8 @@ def main() -> None:
         results["ours_peak_mib"] = peak_rss_mib(proc.pid)
     finally:
         stop(proc)
-    # the same server with no adapters, one request: the memory of a single base
+    # the same server with no adapters: the memory of a single base after one request, and under
+    # the same load as the last N (its KV caches are what any server needs for N requests at once)
     empty = args.work / "no-adapters"
     empty.mkdir(exist_ok=True)
     proc, url = ours_server(empty, None)
@@ -227,6 +231,8 @@ def main() -> None:
             base_id = json.loads(r.read())["data"][0]["id"]
         run_waves(lambda r: (url, base_id), prompts, 1, 1, args.max_tokens)
         results["single_base_mib"] = peak_rss_mib(proc.pid)
+        run_waves(lambda r: (url, base_id), prompts, ns[-1], 1, args.max_tokens)
+        results["single_base_loaded_mib"] = peak_rss_mib(proc.pid)
     finally:
         stop(proc)
 
@@ -279,9 +285,10 @@ def report(res: dict, setup: str) -> None:
         tail = (f"{t['decode_tok_s']:13.1f} {t['tok_s']:7.1f} {t['p50_s']:6.2f} {t['p95_s']:6.2f} | "
                 f"{o['decode_tok_s'] / t['decode_tok_s']:.2f}x" if t else "-")
         print(f"{o['n']:>3} | {o['decode_tok_s']:11.1f} {o['tok_s']:7.1f} {o['p50_s']:6.2f} {o['p95_s']:6.2f} | {tail}")
-    base = res["single_base_mib"]
-    print(f"peak RSS: ours (4 adapters, after N={res['ours'][-1]['n']}) {res['ours_peak_mib']:.0f} MiB = "
-          f"{res['ours_peak_mib'] / base:.2f}x a single base ({base:.0f} MiB)")
+    base, loaded, n = res["single_base_mib"], res["single_base_loaded_mib"], res["ours"][-1]["n"]
+    print(f"peak RSS: ours (4 adapters, after N={n}) {res['ours_peak_mib']:.0f} MiB = "
+          f"{res['ours_peak_mib'] / loaded:.2f}x a single base under the same load ({loaded:.0f} MiB), "
+          f"{res['ours_peak_mib'] / base:.2f}x a single base after one request ({base:.0f} MiB)")
     if res.get("mlx_lm_peak_mib"):
         each = res["mlx_lm_peak_mib"]
         print(f"          mlx-lm: {' + '.join(f'{v:.0f}' for v in each.values())} = {sum(each.values()):.0f} MiB "

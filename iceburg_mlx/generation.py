@@ -460,7 +460,8 @@ class BatchGenerator:
         if not rows:
             return events
         self._select([r.adapter for r in rows])
-        with decoding():
+        # every row's cache offset is at most its prompt plus the tokens fed so far
+        with decoding(max_offset=max(len(r.prompt) + r.n for r in rows) + 1):
             logits = self.model(self._y[:, None], cache=self._cache)[:, -1, :]
         next_y = self._sample(rows, logits)
         mx.async_eval(next_y)

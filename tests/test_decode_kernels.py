@@ -110,6 +110,42 @@ def test_table_rope_equals_mlx_rope(offset, dims, head):
     assert not table.parameters()          # the table is not a model parameter
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_table_rope_with_per_row_offsets_equals_mlx_rope(n):
+    """Batched decoding: rows at different positions (an array of offsets) read their own rows."""
+    table = cpu_decode.TableRoPE(nn.RoPE(64, base=100000.0))
+    x = mx.random.normal((4, 9, n, 64))
+    offsets = mx.array([0, 5, 300, 511])
+    want = mx.fast.rope(x, 64, traditional=False, base=100000.0, scale=1.0, offset=offsets)
+    with cpu_decode.decoding(max_offset=511):
+        got = table(x, offset=offsets)
+    np.testing.assert_array_equal(np.array(got), np.array(want))
+    with cpu_decode.decoding():            # no bound given: MLX's kernel, same numbers
+        np.testing.assert_array_equal(np.array(table(x, offset=offsets)), np.array(want))
+
+
+def test_small_products_on_one_blas_thread_give_the_same_numbers():
+    """The shim runs small-M products on one OpenBLAS thread; the numbers must not change."""
+    import ctypes
+
+    from iceburg_mlx import _platform
+
+    shim = _platform.status().gemv_shim
+    if not shim:
+        pytest.skip("BLAS shim not loaded")
+    lib = ctypes.CDLL(shim)
+    x, a = mx.random.normal((16, 1, 576)), mx.random.normal((576, 128))
+    try:
+        lib.iceburg_blas_set_small_gemm(ctypes.c_long(-1))
+        threaded = np.array(x @ a)
+        lib.iceburg_blas_set_small_gemm(ctypes.c_long(1 << 40))
+        single = np.array(x @ a)
+    finally:
+        lib.iceburg_blas_set_small_gemm(ctypes.c_long(1 << 22))
+    np.testing.assert_allclose(single, threaded, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(single, np.array(x) @ np.array(a), rtol=1e-4, atol=1e-3)
+
+
 def _reference_attention(q, k, v, scale, mask):
     q, k, v = (np.array(a, dtype=np.float64) for a in (q, k, v))
     g = q.shape[1] // k.shape[1]

@@ -63,3 +63,35 @@ def test_refuses_dora_and_misfits(adapters, tmp_path):
         attach_multi_lora(load_model(str(gguf)).model, [AdapterSpec("x", bad)])
     with pytest.raises(AdapterError, match="unique"):
         attach_multi_lora(load_model(str(gguf)).model, [AdapterSpec("x", a), AdapterSpec("x", a)])
+
+
+def test_engine_prefills_a_burst_of_requests_together(adapters):
+    """Requests that arrive a few ms apart while the engine is idle join one prefill, so none of
+    them decodes alone while the others wait for a second prefill."""
+    import threading
+    import time
+
+    from iceburg_mlx.sampling import SamplingParams
+    from iceburg_mlx.serve.engine import Engine, Job
+
+    gguf, *_ = adapters
+    loaded = load_model(str(gguf))
+    engine = Engine(loaded.model, loaded.tokenizer).start()
+    done = threading.Event()
+    finished = []
+
+    def sink(ev):
+        if isinstance(ev, Exception) or ev.finish_reason is not None:
+            finished.append(ev)
+            if len(finished) == 4:
+                done.set()
+
+    try:
+        for i in range(4):
+            engine.submit(Job([5, 17, 40 + i], SamplingParams(temperature=0.0, max_tokens=1), 0, sink))
+            time.sleep(0.003)
+        assert done.wait(60)
+    finally:
+        engine.stop()
+    assert all(not isinstance(ev, Exception) for ev in finished)
+    assert engine.counters["peak_active"] == 4 and engine.counters["completed"] == 4

@@ -14,7 +14,7 @@ they were ~40% of a SmolLM2 decode step. For the few-token forwards of decoding 
 `install(model)` swaps in TableRoPE for the model's `nn.RoPE` instances and routes mlx-lm's
 attention helper through `attention` for llama/qwen2 models; both fall back to MLX's own
 kernels except inside `decoding()` (which our generation engine enters around its forwards)
-and for shapes they do not cover (more than `MAX_L` new tokens, array offsets, quantized
+and for shapes they do not cover (more than `MAX_L` new tokens, quantized
 caches, masks with per-head rows). Only on the CPU backend: Metal's fused kernels are faster.
 """
 
@@ -32,13 +32,23 @@ _DECODING: contextvars.ContextVar[bool] = contextvars.ContextVar("iceburg_cpu_de
 _PATCHED_MODULES: set[str] = set()
 
 
+_MAX_OFFSET: contextvars.ContextVar[int | None] = contextvars.ContextVar("iceburg_cpu_max_offset", default=None)
+
+
 @contextlib.contextmanager
-def decoding():
-    """Let the model forwards inside use the decode kernels (where installed)."""
+def decoding(max_offset: int | None = None):
+    """Let the model forwards inside use the decode kernels (where installed).
+
+    `max_offset`: an upper bound on the per-row cache offsets of a batched forward (rows at
+    different positions); without it such forwards use MLX's rope (reading the offsets back would
+    stall the pipelined decode loop).
+    """
     token = _DECODING.set(True)
+    bound = _MAX_OFFSET.set(max_offset)
     try:
         yield
     finally:
+        _MAX_OFFSET.reset(bound)
         _DECODING.reset(token)
 
 
@@ -75,12 +85,23 @@ class TableRoPE(nn.Module):
         cos, sin = self._table
         return cos[offset:end], sin[offset:end]
 
+    def _gather(self, offset: mx.array, n: int, bound: int) -> tuple[mx.array, mx.array]:
+        """Per-row cos/sin (B, 1, n, half) for a (B,) array of offsets <= `bound` (batched decoding)."""
+        self._rows(bound, n)      # grow the table to cover every row
+        cos, sin = self._table
+        pos = offset[:, None] + mx.arange(n, dtype=offset.dtype)[None, :]   # (B, n)
+        return cos[pos][:, None], sin[pos][:, None]
+
     def __call__(self, x: mx.array, offset=0) -> mx.array:
-        if (not _DECODING.get() or self.traditional or not isinstance(offset, int) or x.shape[-2] > MAX_L
+        n = x.shape[-2]
+        bound = _MAX_OFFSET.get()
+        batched = (isinstance(offset, mx.array) and bound is not None and offset.ndim == 1 and x.ndim == 4
+                   and offset.shape[0] == x.shape[0])
+        if (not _DECODING.get() or self.traditional or not (isinstance(offset, int) or batched) or n > MAX_L
                 or x.dtype != mx.float32):
             return mx.fast.rope(x, self.dims, traditional=self.traditional, base=self.base, scale=self.scale,
                                 offset=offset)
-        cos, sin = self._rows(offset, x.shape[-2])
+        cos, sin = self._gather(offset, n, bound) if batched else self._rows(offset, n)
         return _rotate_compiled(x, cos, sin)
 
 
@@ -104,8 +125,16 @@ def gqa_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None
         m = mask.reshape(mask.shape[0], 1, 1, L, S)
         scores = mx.where(m, scores, -mx.inf) if m.dtype == mx.bool_ else scores + m
         scores = scores.reshape(B, hkv, g * L, S)
-    p = mx.softmax(scores, axis=-1, precise=True)
-    return (p @ v).reshape(B, hq, L, D)
+    return (_softmax(scores) @ v).reshape(B, hq, L, D)
+
+
+def _softmax(x: mx.array) -> mx.array:
+    """Softmax over the last axis on `poly_exp` (MLX's CPU exp, ~0.09 Gelem/s here, was most of a
+    batched decode step's attention; relative error ~1e-6; fully masked rows give NaN as MLX's does)."""
+    from iceburg_mlx.train.fast_ops import poly_exp
+
+    e = poly_exp(x - mx.max(x, axis=-1, keepdims=True))
+    return e / mx.sum(e, axis=-1, keepdims=True)
 
 
 def _wrap_attention(original):

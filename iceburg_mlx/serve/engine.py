@@ -37,6 +37,9 @@ class Overloaded(Exception):
 
 
 class Engine:
+    gather_gap_s = 0.01    # see `_drain`
+    gather_max_s = 0.1
+
     def __init__(self, model, tokenizer, set_adapters=None, max_batch: int = 32, max_pending: int = 256):
         self.model, self.tokenizer, self.set_adapters = model, tokenizer, set_adapters
         self.max_batch, self.max_pending = max_batch, max_pending
@@ -102,10 +105,15 @@ class Engine:
             self.counters[counter] += 1
 
     def _drain(self, block: bool) -> None:
+        """Handle queued submits and cancels. `block` (the batch is idle): wait for the first one,
+        then keep collecting while more arrive within `gather_gap_s` of each other (up to
+        `gather_max_s`), so a burst of requests is prefilled together rather than one and then
+        the rest while the first decodes."""
         try:
             item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
         except queue.Empty:
             return
+        deadline = time.monotonic() + self.gather_max_s if block else 0.0
         while True:
             kind, job = item
             if kind == "submit":
@@ -120,7 +128,8 @@ class Engine:
                     self._gen.cancel(job.uid)
                 self._finish(job, "cancelled")
             try:
-                item = self._inbox.get_nowait()
+                wait = min(self.gather_gap_s, deadline - time.monotonic())
+                item = self._inbox.get(timeout=wait) if wait > 0 else self._inbox.get_nowait()
             except queue.Empty:
                 return
 

@@ -76,8 +76,10 @@ class MultiLoRALinear(nn.Module):
         m = self.selector.mask(self.table)
         if x.ndim == 2:
             m = m[:, 0, :]
-        z = ((x @ self.lora_a) * m.astype(x.dtype)) @ self.lora_b
-        return y + z.astype(y.dtype)
+        z = (x @ self.lora_a) * m
+        if z.dtype != y.dtype:
+            z = z.astype(y.dtype)
+        return y + z @ self.lora_b
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ def attach_multi_lora(model: nn.Module, adapters: Sequence[AdapterSpec]) -> Adap
             blocks.setdefault(path, []).append((slot, scale, a, b))
     tables: dict[tuple, mx.array] = {}   # layers with the same slots/ranks/scales share one mask table
     wrapped = []
-    for path, items in blocks.items():
+    for path in list(blocks):
+        items = blocks.pop(path)
         layout = tuple((slot, scale, a.shape[1]) for slot, scale, a, _ in items)
         if layout not in tables:
             rows = [[0.0] * sum(r for *_, r in layout) for _ in range(selector.n_slots)]
@@ -147,6 +150,8 @@ def attach_multi_lora(model: nn.Module, adapters: Sequence[AdapterSpec]) -> Adap
             tables[layout] = mx.array(rows, dtype=mx.float32)
         lora_a = mx.concatenate([a for *_, a, _ in items], axis=1)
         lora_b = mx.concatenate([b for *_, b in items], axis=0)
+        mx.eval(lora_a, lora_b)   # one layer at a time: the files' arrays load lazily and go as we go
+        del items
         wrapped.append((path, MultiLoRALinear(linears[path], selector, lora_a, lora_b, tables[layout])))
     if wrapped:
         model.update_modules(tree_unflatten(wrapped))
