@@ -40,6 +40,11 @@ def test_each_row_equals_its_single_adapter_model(adapters):
     assert not np.allclose(np.array(got[0]), np.array(got[1]), atol=1e-2)
     sel.set(None)
     np.testing.assert_array_equal(np.array(multi.model(x[:1])[0]), np.array(refs[0].model(x[:1])[0]))
+    for slot in (1, 2):          # all rows on one adapter: only its block is multiplied
+        sel.set([slot, slot])
+        assert sel.single == slot
+        got = multi.model(x[:2])
+        np.testing.assert_allclose(np.array(got), np.array(refs[slot].model(x[:2])), rtol=1e-4, atol=1e-4)
 
 
 def test_refuses_dora_and_misfits(adapters, tmp_path):

@@ -2,13 +2,14 @@
 
 `attach_multi_lora(model, [(name, dir), ...])` wraps every linear that any adapter targets in a
 `MultiLoRALinear`: the base weights stay shared and untouched, and each adapter keeps its own
-low-rank matrices. Within a layer they sit side by side as blocks of `lora_a` (in, R) and
-`lora_b` (R, out), R = the sum of the ranks of the adapters that target the layer, so for a batch
+low-rank matrices. Within a layer they sit side by side as row blocks of `lora_a_t` (R, in; the
+transposed lora_a) and `lora_b` (R, out), R = the sum of the ranks of the adapters that target the
+layer, so for a batch
 
-    y = base(x) + ((x @ lora_a) * mask[row]) @ lora_b
+    y = base(x) + ((x @ lora_a_t.T) * mask[row]) @ lora_b
 
 where `mask[row]` (1, R) holds the row's adapter scale on that adapter's block and zeros on the
-others. Slot 0 is the bare base (an all-zero mask; a batch with only base rows skips the adapter
+others. When every row uses the same adapter, only its block is multiplied. Slot 0 is the bare base (an all-zero mask; a batch with only base rows skips the adapter
 matmuls). Two small matmuls per layer serve every adapter at once, however rows are mixed.
 
 Which slot each row uses is set on the returned `AdapterSelector` before every forward;
@@ -38,6 +39,7 @@ class AdapterSelector:
     def __init__(self, names: Sequence[str]):
         self.names = list(names)          # slot k (k >= 1) is names[k - 1]; slot 0 is the base
         self.rows: mx.array | None = None
+        self.single: int | None = None
         self._masks: dict[int, mx.array] = {}
 
     @property
@@ -49,6 +51,8 @@ class AdapterSelector:
         if slots is not None and any(not 0 <= s < self.n_slots for s in slots):
             raise AdapterError(f"adapter slot out of range 0..{self.n_slots - 1}: {list(slots)}")
         self.rows = mx.array(list(slots), dtype=mx.int32) if slots and any(slots) else None
+        # every row on the same adapter (one request, or one role): its own block alone does
+        self.single = slots[0] if self.rows is not None and len(set(slots)) == 1 else None
         self._masks.clear()
 
     def mask(self, table: mx.array) -> mx.array:
@@ -62,21 +66,29 @@ class AdapterSelector:
 class MultiLoRALinear(nn.Module):
     """A shared base linear plus every adapter's (lora_a, lora_b) block; see the module docstring."""
 
-    def __init__(self, linear: nn.Module, selector: AdapterSelector, lora_a: mx.array, lora_b: mx.array,
-                 table: mx.array):
+    def __init__(self, linear: nn.Module, selector: AdapterSelector, lora_a_t: mx.array, lora_b: mx.array,
+                 table: mx.array, blocks: dict[int, tuple[int, int, float]]):
         super().__init__()
         self.linear = linear
         self.selector = selector
-        self.lora_a, self.lora_b, self.table = lora_a, lora_b, table
+        self.lora_a_t, self.lora_b, self.table = lora_a_t, lora_b, table
+        object.__setattr__(self, "_blocks", blocks)   # slot -> (start, end, scale) in the rank axis
 
     def __call__(self, x: mx.array) -> mx.array:
         y = self.linear(x)
         if self.selector.rows is None:
             return y
+        if self.selector.single is not None:
+            block = self._blocks.get(self.selector.single)
+            if block is None:          # that adapter does not touch this layer
+                return y
+            start, end, scale = block
+            z = (x @ self.lora_a_t[start:end].T) * scale
+            return y + (z @ self.lora_b[start:end]).astype(y.dtype)
         m = self.selector.mask(self.table)
         if x.ndim == 2:
             m = m[:, 0, :]
-        z = (x @ self.lora_a) * m
+        z = (x @ self.lora_a_t.T) * m
         if z.dtype != y.dtype:
             z = z.astype(y.dtype)
         return y + z @ self.lora_b
@@ -148,11 +160,14 @@ def attach_multi_lora(model: nn.Module, adapters: Sequence[AdapterSpec]) -> Adap
                 rows[slot][off:off + r] = [scale] * r
                 off += r
             tables[layout] = mx.array(rows, dtype=mx.float32)
-        lora_a = mx.concatenate([a for *_, a, _ in items], axis=1)
+        lora_a_t = mx.contiguous(mx.concatenate([a for *_, a, _ in items], axis=1).T)   # (R, in): row blocks
         lora_b = mx.concatenate([b for *_, b in items], axis=0)
-        mx.eval(lora_a, lora_b)   # one layer at a time: the files' arrays load lazily and go as we go
+        mx.eval(lora_a_t, lora_b)   # one layer at a time: the files' arrays load lazily and go as we go
         del items
-        wrapped.append((path, MultiLoRALinear(linears[path], selector, lora_a, lora_b, tables[layout])))
+        blocks_of, off = {}, 0
+        for slot, scale, r in layout:
+            blocks_of[slot], off = (off, off + r, scale), off + r
+        wrapped.append((path, MultiLoRALinear(linears[path], selector, lora_a_t, lora_b, tables[layout], blocks_of)))
     if wrapped:
         model.update_modules(tree_unflatten(wrapped))
     model.freeze()
