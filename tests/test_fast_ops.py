@@ -1,10 +1,12 @@
-"""The polynomial exp / SiLU against NumPy, its vjp against the exact derivative, and the swap."""
+"""The polynomial exp / SiLU / softmax attention against NumPy and MLX, their vjps, and the swap."""
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from iceburg_mlx.train.fast_ops import fast_silu, fast_swiglu, poly_exp
+import pytest
+
+from iceburg_mlx.train.fast_ops import attention, fast_silu, fast_swiglu, poly_exp
 
 
 def test_poly_exp_matches_numpy():
@@ -32,9 +34,50 @@ def test_swap_is_scoped_and_equivalent(tiny_gguf):
     m = load_model(str(tiny_gguf("F32"))).model
     ids = mx.array([[3, 50, 90, 120, 7]])
     before = np.array(m(ids))
-    original = llama.swiglu
+    original, sdpa = llama.swiglu, llama.scaled_dot_product_attention
     with fast_swiglu(m) as applied:
         inside = np.array(m(ids))
         assert applied == (not mx.metal.is_available())
-    assert llama.swiglu is original
+        assert llama.scaled_dot_product_attention is not sdpa or not applied
+    assert llama.swiglu is original and llama.scaled_dot_product_attention is sdpa
     np.testing.assert_allclose(inside, before, rtol=1e-4, atol=1e-5)
+
+
+def _numpy_attention(q, k, v, scale, mask):
+    q, k, v = (np.array(a, dtype=np.float64) for a in (q, k, v))
+    g = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+    s = q @ k.swapaxes(-1, -2) * scale
+    if mask is not None:
+        s = np.where(np.array(mask), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+@pytest.mark.parametrize("mask_kind", [None, "causal", "packed"])
+def test_training_attention_and_its_gradients(mask_kind):
+    """Grouped-query attention on the polynomial softmax: values against NumPy, gradients of q, k
+    and v against autodiff of MLX's own attention on expanded heads."""
+    B, hq, hkv, L, D = 2, 6, 2, 7, 8
+    q, k, v = mx.random.normal((B, hq, L, D)), mx.random.normal((B, hkv, L, D)), mx.random.normal((B, hkv, L, D))
+    causal = np.tril(np.ones((L, L), dtype=bool))[None, None]
+    if mask_kind == "packed":     # two conversations in one row: no attention across the boundary
+        m = causal.copy()
+        m[..., 4:, :4] = False
+        mask = mx.array(np.broadcast_to(m, (B, 1, L, L)))
+    else:
+        mask = mask_kind
+    np_mask = None if mask_kind is None else (causal if mask_kind == "causal" else np.array(mask))
+    got = attention(q, k, v, 0.3, mask)
+    np.testing.assert_allclose(np.array(got), _numpy_attention(q, k, v, 0.3, np_mask), rtol=1e-5, atol=1e-5)
+
+    def reference(q, k, v):
+        g = hq // hkv
+        return mx.fast.scaled_dot_product_attention(q, mx.repeat(k, g, axis=1), mx.repeat(v, g, axis=1),
+                                                    scale=0.3, mask=mask)
+
+    w = mx.random.normal((B, hq, L, D))
+    ours = mx.grad(lambda *a: (attention(*a, 0.3, mask) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+    theirs = mx.grad(lambda *a: (reference(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-5)
