@@ -39,14 +39,14 @@ def train(
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=err, disable=not rank0)
-    task = progress.add_task(rec.role.name or "train", total=rec.train.steps or 0, stats="")
+    task = progress.add_task(rec.role.name or "train", total=rec.train.steps or None, stats="")
 
     def on_step(info):
         x = info.extra
         prefs = (f" acc {x['reward_accuracy']:.2f} margin {x['reward_margin']:+.3f}"
                  if "reward_accuracy" in x else "")  # DPO: reward metrics of this step
         rate = (f"{info.trained_per_sec:.2f} pairs/s" if prefs else f"({info.trained_per_sec:.0f} trained)")
-        progress.update(task, completed=info.step, stats=(
+        progress.update(task, completed=info.step, total=info.total_steps or None, stats=(
             f"loss {info.loss:.4f}{prefs} lr {info.lr:.2e} {info.tokens_per_sec:.0f} tok/s "
             f"{rate} peak {info.peak_memory_bytes / 2**20:.0f} MiB"))
 

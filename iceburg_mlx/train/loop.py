@@ -72,6 +72,7 @@ class StepInfo:
     elapsed: float
     eta: float
     extra: dict = field(default_factory=dict)   # objective metrics (sum / n), e.g. DPO rewards
+    total_steps: int = 0                         # the run's optimizer steps (epochs resolved)
 
 
 @dataclass
@@ -294,7 +295,7 @@ class Trainer:
                     else float(self.opt.learning_rate)
                 info = StepInfo(st.step, loss, lr, toks, trained, toks / dt, trained / dt, mx.get_peak_memory(),
                                 st.elapsed, st.elapsed / st.step * (cfg.steps - st.step) if st.step else 0.0,
-                                extra)
+                                extra, cfg.steps)
                 cb.metrics.append({"step": st.step, "train_loss": loss, "lr": lr, "tokens": toks,
                                    "trained_tokens": trained, "tokens_per_sec": info.tokens_per_sec,
                                    "trained_per_sec": info.trained_per_sec, **extra})
