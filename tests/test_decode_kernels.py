@@ -7,6 +7,7 @@ import sys
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+import np_reference
 import pytest
 
 from iceburg_mlx.models import cpu_decode, load_model, packed
@@ -133,7 +134,8 @@ def test_small_products_on_one_blas_thread_give_the_same_numbers():
     shim = _platform.status().gemv_shim
     if not shim:
         pytest.skip("BLAS shim not loaded")
-    lib = ctypes.CDLL(shim)
+    lib, blas = ctypes.CDLL(shim), ctypes.CDLL(_platform.status().openblas)
+    threads = blas.openblas_get_num_threads()
     x, a = mx.random.normal((16, 1, 576)), mx.random.normal((576, 128))
     try:
         lib.iceburg_blas_set_small_gemm(ctypes.c_long(-1))
@@ -142,20 +144,9 @@ def test_small_products_on_one_blas_thread_give_the_same_numbers():
         single = np.array(x @ a)
     finally:
         lib.iceburg_blas_set_small_gemm(ctypes.c_long(1 << 22))
+    assert blas.openblas_get_num_threads() == threads     # training's large products keep every thread
     np.testing.assert_allclose(single, threaded, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(single, np.array(x) @ np.array(a), rtol=1e-4, atol=1e-3)
-
-
-def _reference_attention(q, k, v, scale, mask):
-    q, k, v = (np.array(a, dtype=np.float64) for a in (q, k, v))
-    g = q.shape[1] // k.shape[1]
-    k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
-    s = q @ k.swapaxes(-1, -2) * scale
-    if mask is not None:
-        m = np.array(mask)
-        s = np.where(m, s, -np.inf) if m.dtype == bool else s + m
-    p = np.exp(s - s.max(-1, keepdims=True))
-    return (p / p.sum(-1, keepdims=True)) @ v
 
 
 @pytest.mark.parametrize("L,mask_kind", [(1, None), (1, "bool"), (4, "add"), (2, "bool")])
@@ -172,7 +163,7 @@ def test_gqa_attention_equals_reference(L, mask_kind):
     elif mask_kind == "add":
         mask = mx.array(rng.standard_normal((2, 1, L, 11)).astype(np.float32))
     got = cpu_decode.gqa_attention(q, k, v, 0.25, mask)
-    np.testing.assert_allclose(np.array(got), _reference_attention(q, k, v, 0.25, mask), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.array(got), np_reference.attention(q, k, v, 0.25, mask), rtol=1e-5, atol=1e-5)
 
 
 def test_gqa_attention_declines_what_it_does_not_cover():

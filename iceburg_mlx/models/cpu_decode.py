@@ -72,8 +72,8 @@ class TableRoPE(nn.Module):
         self.dims, self.traditional, self.base, self.scale = rope.dims, rope.traditional, rope.base, rope.scale
         object.__setattr__(self, "_table", None)   # not a parameter
 
-    def _rows(self, offset: int, n: int) -> tuple[mx.array, mx.array]:
-        end = offset + n
+    def _grow(self, end: int) -> tuple[mx.array, mx.array]:
+        """The (cos, sin) table, grown (by doubling) to cover positions below `end`."""
         if self._table is None or self._table[0].shape[0] < end:
             size = 1 << max(8, math.ceil(math.log2(end)))
             half = self.dims // 2   # the frequencies exactly as mx.fast.rope computes them
@@ -82,13 +82,15 @@ class TableRoPE(nn.Module):
             table = (mx.cos(ang), mx.sin(ang))
             mx.eval(table)
             object.__setattr__(self, "_table", table)
-        cos, sin = self._table
-        return cos[offset:end], sin[offset:end]
+        return self._table
+
+    def _rows(self, offset: int, n: int) -> tuple[mx.array, mx.array]:
+        cos, sin = self._grow(offset + n)
+        return cos[offset:offset + n], sin[offset:offset + n]
 
     def _gather(self, offset: mx.array, n: int, bound: int) -> tuple[mx.array, mx.array]:
         """Per-row cos/sin (B, 1, n, half) for a (B,) array of offsets <= `bound` (batched decoding)."""
-        self._rows(bound, n)      # grow the table to cover every row
-        cos, sin = self._table
+        cos, sin = self._grow(bound + n)
         pos = offset[:, None] + mx.arange(n, dtype=offset.dtype)[None, :]   # (B, n)
         return cos[pos][:, None], sin[pos][:, None]
 
@@ -108,33 +110,18 @@ class TableRoPE(nn.Module):
 def gqa_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None) -> mx.array | None:
     """softmax(q k^T * scale + mask) v for q (B, Hq, L, D), k/v (B, Hkv, S, D); None when the
     shapes or mask are not covered (the caller then uses MLX's kernel)."""
-    B, hq, L, D = q.shape
-    hkv, S = k.shape[1], k.shape[2]
+    hq, L = q.shape[1], q.shape[2]
+    hkv = k.shape[1]
     if hq % hkv or L > MAX_L:
         return None
     if isinstance(mask, str):
         if mask != "causal" or L != 1:
             return None
-        mask = None
-    if mask is not None and (mask.ndim != 4 or mask.shape[1] != 1):
+    elif mask is not None and (mask.ndim != 4 or mask.shape[1] != 1):
         return None
-    g = hq // hkv
-    scores = (q.reshape(B, hkv, g * L, D) * scale) @ k.swapaxes(-1, -2)      # (B, Hkv, G*L, S)
-    if mask is not None:
-        scores = scores.reshape(B, hkv, g, L, S)
-        m = mask.reshape(mask.shape[0], 1, 1, L, S)
-        scores = mx.where(m, scores, -mx.inf) if m.dtype == mx.bool_ else scores + m
-        scores = scores.reshape(B, hkv, g * L, S)
-    return (_softmax(scores) @ v).reshape(B, hq, L, D)
+    from iceburg_mlx.train.fast_ops import attention
 
-
-def _softmax(x: mx.array) -> mx.array:
-    """Softmax over the last axis on `poly_exp` (MLX's CPU exp, ~0.09 Gelem/s here, was most of a
-    batched decode step's attention; relative error ~1e-6; fully masked rows give NaN as MLX's does)."""
-    from iceburg_mlx.train.fast_ops import poly_exp
-
-    e = poly_exp(x - mx.max(x, axis=-1, keepdims=True))
-    return e / mx.sum(e, axis=-1, keepdims=True)
+    return attention(q, k, v, scale, mask)
 
 
 def _wrap_attention(original):

@@ -9,8 +9,9 @@ layer, so for a batch
     y = base(x) + ((x @ lora_a_t.T) * mask[row]) @ lora_b
 
 where `mask[row]` (1, R) holds the row's adapter scale on that adapter's block and zeros on the
-others. When every row uses the same adapter, only its block is multiplied. Slot 0 is the bare base (an all-zero mask; a batch with only base rows skips the adapter
-matmuls). Two small matmuls per layer serve every adapter at once, however rows are mixed.
+others. Slot 0 is the bare base (an all-zero mask; a batch with only base rows skips the adapter
+matmuls). Two small matmuls per layer serve every adapter at once, however rows are mixed; when
+every row uses the same adapter, only its block is multiplied.
 
 Which slot each row uses is set on the returned `AdapterSelector` before every forward;
 `BatchGenerator(set_adapters=selector.set)` does that. Adapters are read from mlx-lm's layout
@@ -83,15 +84,13 @@ class MultiLoRALinear(nn.Module):
             if block is None:          # that adapter does not touch this layer
                 return y
             start, end, scale = block
-            z = (x @ self.lora_a_t[start:end].T) * scale
-            return y + (z @ self.lora_b[start:end]).astype(y.dtype)
-        m = self.selector.mask(self.table)
-        if x.ndim == 2:
-            m = m[:, 0, :]
-        z = (x @ self.lora_a_t.T) * m
+            z, b = (x @ self.lora_a_t[start:end].T) * scale, self.lora_b[start:end]
+        else:
+            m = self.selector.mask(self.table)
+            z, b = (x @ self.lora_a_t.T) * (m[:, 0, :] if x.ndim == 2 else m), self.lora_b
         if z.dtype != y.dtype:
             z = z.astype(y.dtype)
-        return y + z @ self.lora_b
+        return y + z @ b
 
 
 @dataclass(frozen=True)
@@ -148,26 +147,24 @@ def attach_multi_lora(model: nn.Module, adapters: Sequence[AdapterSpec]) -> Adap
                 raise AdapterError(f"{spec.name} ({spec.path}): {path} lora_a {tuple(a.shape)} / lora_b "
                                    f"{tuple(b.shape)} do not fit a {in_dims}->{out_dims} linear")
             blocks.setdefault(path, []).append((slot, scale, a, b))
-    tables: dict[tuple, mx.array] = {}   # layers with the same slots/ranks/scales share one mask table
+    # layers with the same slots/ranks/scales share one mask table and one block map
+    tables: dict[tuple, tuple[mx.array, dict[int, tuple[int, int, float]]]] = {}
     wrapped = []
     for path in list(blocks):
         items = blocks.pop(path)
         layout = tuple((slot, scale, a.shape[1]) for slot, scale, a, _ in items)
         if layout not in tables:
             rows = [[0.0] * sum(r for *_, r in layout) for _ in range(selector.n_slots)]
-            off = 0
+            block_of, off = {}, 0
             for slot, scale, r in layout:
                 rows[slot][off:off + r] = [scale] * r
-                off += r
-            tables[layout] = mx.array(rows, dtype=mx.float32)
+                block_of[slot], off = (off, off + r, scale), off + r
+            tables[layout] = (mx.array(rows, dtype=mx.float32), block_of)
         lora_a_t = mx.contiguous(mx.concatenate([a for *_, a, _ in items], axis=1).T)   # (R, in): row blocks
         lora_b = mx.concatenate([b for *_, b in items], axis=0)
         mx.eval(lora_a_t, lora_b)   # one layer at a time: the files' arrays load lazily and go as we go
         del items
-        blocks_of, off = {}, 0
-        for slot, scale, r in layout:
-            blocks_of[slot], off = (off, off + r, scale), off + r
-        wrapped.append((path, MultiLoRALinear(linears[path], selector, lora_a_t, lora_b, tables[layout], blocks_of)))
+        wrapped.append((path, MultiLoRALinear(linears[path], selector, lora_a_t, lora_b, *tables[layout])))
     if wrapped:
         model.update_modules(tree_unflatten(wrapped))
     model.freeze()

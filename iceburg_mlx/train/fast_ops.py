@@ -71,20 +71,25 @@ def _causal(L: int, S: int) -> mx.array:
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None) -> mx.array:
-    """softmax(q k^T * scale + mask) v for training: grouped-query heads stacked (no expanded keys),
-    the softmax on `poly_exp` (MLX's CPU exp was ~15-20% of a LoRA step on 512-token rows).
-    q (B, Hq, L, D); k, v (B, Hkv, S, D); mask None, "causal", bool or additive (B|1, 1|Hq, L, S)."""
+    """softmax(q k^T * scale + mask) v on CPU: the query heads of each key/value head stacked into
+    rows (one batched product per layer, no expanded keys), the softmax on `poly_exp` (MLX's CPU
+    exp was ~15-20% of a LoRA step on 512-token rows, and most of a batched decode step's attention).
+    q (B, Hq, L, D); k, v (B, Hkv, S, D); mask None, "causal", bool or additive, (L, S) or
+    (B|1, 1|Hq, L, S). Used by training (with its vjp) and by `cpu_decode.gqa_attention`."""
     B, hq, L, D = q.shape
     hkv, S = k.shape[1], k.shape[2]
     g = hq // hkv
     if isinstance(mask, str):
-        mask = _causal(L, S)[None, None]
-    scores = (q.reshape(B, hkv, g, L, D) * scale) @ k[:, :, None].swapaxes(-1, -2)   # (B, Hkv, g, L, S)
+        mask = _causal(L, S) if L > 1 else None      # one query (the last position) sees every key
+    scores = (q.reshape(B, hkv, g * L, D) * scale) @ k.swapaxes(-1, -2)      # (B, Hkv, g*L, S)
     if mask is not None:
-        m = mask.reshape(mask.shape[0], hkv, g, L, S) if mask.ndim == 4 and mask.shape[1] == hq else \
-            mask.reshape(mask.shape[0], 1, 1, L, S) if mask.ndim == 4 else mask
-        scores = mx.where(m, scores, -mx.inf) if m.dtype == mx.bool_ else scores + m
-    return (fast_softmax(scores) @ v[:, :, None]).reshape(B, hq, L, D)
+        scores = scores.reshape(B, hkv, g, L, S)
+        if mask.ndim == 4:
+            mask = mask.reshape(mask.shape[0], hkv, g, L, S) if mask.shape[1] == hq else \
+                mask.reshape(mask.shape[0], 1, 1, L, S)
+        scores = mx.where(mask, scores, -mx.inf) if mask.dtype == mx.bool_ else scores + mask
+        scores = scores.reshape(B, hkv, g * L, S)
+    return (fast_softmax(scores) @ v).reshape(B, hq, L, D)
 
 
 def _training_attention(original):
