@@ -1,11 +1,19 @@
-"""Benchmark our Q4_K_M export against llama.cpp's own quantizer on SmolLM2-135M-Instruct.
+"""Benchmark our GGUF export against llama.cpp on SmolLM2-135M-Instruct, in one run.
 
-In one run: export the embedded default (a Q4_1 GGUF) as F16 with iceburg-mlx; quantize it to
-Q4_K_M twice, with `iceburg-mlx`'s exporter (from the loaded weights, as `iceburg-mlx fuse` does,
-and again from the F16 file, the input llama.cpp gets) and with `llama_cpp.llama_model_quantize`
-from our F16 file; time both quantizers; compare tensor types and bytes; and measure each file's
-perplexity in llama.cpp on the same held-out English text. Prints a rich table.
-Run it with `nice`: `nice -n 10 python benchmarks/export.py` (about a minute on 2 cores).
+Part 1, the quantizer: export the embedded default (a Q4_1 GGUF) as F16 with iceburg-mlx;
+quantize it to Q4_K_M with `iceburg-mlx`'s exporter (from the loaded weights, as `iceburg-mlx fuse
+--no-imatrix` does, again from the F16 file, the input llama.cpp gets, and with an importance matrix
+as `fuse` does by default) and with `llama_cpp.llama_model_quantize` from our F16 file; time the
+quantizers; compare tensor types and bytes; and measure each file's perplexity in llama.cpp on the
+same held-out English text.
+
+Part 2, a trained adapter (`--adapter`, default the registry's `oracle` when there is one): fuse it
+into every GGUF type with `iceburg-mlx fuse`'s code and check each file in llama.cpp against
+iceburg-mlx running base + adapter: F16 greedy tokens, Q8_0 top-1 agreement over the held-out
+text's positions, and each 4-bit type's perplexity against F16's.
+
+Prints rich tables. Run it with `nice`: `nice -n 10 python benchmarks/export.py` (about three
+minutes on 2 cores with an adapter).
 """
 
 from __future__ import annotations
@@ -85,18 +93,116 @@ def compare(a: Path, b: Path) -> tuple[int, int, int]:
     return len(same), exact, len(ga.tensors)
 
 
+PROMPT = [{"role": "user", "content": "Is it true that the Great Wall of China can be seen from the Moon "
+                                      "with the naked eye?"}]
+GREEDY = 48
+QUALITY_TYPES = ("f16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q6_k")
+
+
+def llama_greedy(path: Path, prompt: list[int], n: int, threads: int) -> list[int]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=512, n_threads=threads, verbose=False)
+    llm.eval(prompt)
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([out[-1]])
+    return out
+
+
+def llama_logits(path: Path, ids: list[int], threads: int) -> np.ndarray:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=max(512, len(ids) + 8), n_threads=threads,
+                          verbose=False)
+    llm.eval(ids)
+    return np.array(llm.scores[:len(ids)], dtype=np.float32)
+
+
+def mlx_greedy(model, prompt: list[int], n: int) -> list[int]:
+    import mlx.core as mx
+
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(mx.argmax(model(mx.array([ids]))[0, -1]).item()))
+    return ids[len(prompt):]
+
+
+def leading_same(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def adapter_quality(adapter: str, model: str | None, ids: list[int], threads: int, d: Path, console) -> None:
+    """Part 2: every GGUF type of base + `adapter` in llama.cpp against iceburg-mlx's base + adapter."""
+    import mlx.core as mx
+    from rich.table import Table
+
+    from iceburg_mlx.export import FuseOptions, fuse
+    from iceburg_mlx.models import load_model
+
+    ref = load_model(model, compute="float32", adapter=adapter)
+    prompt = list(ref.tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True))
+    ours_greedy = mlx_greedy(ref.model, prompt, GREEDY)
+    ours_top1 = np.array(mx.argmax(ref.model(mx.array([ids]))[0], axis=-1))
+    files = {}
+    for q in QUALITY_TYPES:
+        t = time.perf_counter()
+        res = fuse(FuseOptions(out=d / f"fused-{q}", model=model, adapter=adapter, to_gguf=True, quant=q))
+        files[q] = (res.gguf.path, time.perf_counter() - t, res.provenance.get("imatrix"))
+    ppl = {q: perplexity(p, ids, threads) for q, (p, _, _) in files.items()}
+    table = Table(title=f"{adapter} fused into {ref.source.spec}: llama.cpp on each GGUF type vs iceburg-mlx "
+                        f"(base + adapter, f32)")
+    for col in ("type", "MiB", "fuse s", "imatrix", "ppl", "vs F16", "top-1 = ours", f"greedy = ours (of {GREEDY})"):
+        table.add_column(col, justify="left" if col == "type" else "right")
+    verdicts = []
+    for q, (path, secs, imx) in files.items():
+        top1 = float(np.mean(np.argmax(llama_logits(path, ids, threads), axis=-1) == ours_top1))
+        same = leading_same(llama_greedy(path, prompt, GREEDY, threads), ours_greedy)
+        dv = ppl[q] / ppl["f16"] - 1
+        table.add_row(q.upper(), f"{path.stat().st_size / 2**20:.1f}", f"{secs:.1f}",
+                      f"{imx['tokens']} tok" if imx else "-", f"{ppl[q]:.3f}", f"{dv:+.2%}", f"{top1:.1%}", str(same))
+        if q == "f16":
+            verdicts.append(f"F16 greedy tokens identical: {same} ({'OK' if same >= 32 else 'UNDER'} the 32 bar)")
+        elif q == "q8_0":
+            verdicts.append(f"Q8_0 top-1 agreement {top1:.1%} ({'OK' if top1 >= 0.98 else 'UNDER'} the 98% bar)")
+        elif q in ("q4_0", "q4_1", "q4_k_m"):
+            verdicts.append(f"{q.upper()} perplexity {dv:+.2%} vs F16 ({'OK' if dv < 0.05 else 'OVER'} the 5% bar)")
+    console.print(table)
+    for v in verdicts:
+        console.print(v)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2)")
+    ap.add_argument("--adapter", default=None,
+                    help="trained adapter for part 2 (registry name or directory; default: oracle if registered)")
     ap.add_argument("--threads", type=int, default=2, help="threads for llama.cpp (quantize and eval)")
     args = ap.parse_args()
     from rich.console import Console
     from rich.table import Table
 
+    from iceburg_mlx.errors import AdapterError
+    from iceburg_mlx.export import imatrix
     from iceburg_mlx.export.fusion import _vocab
     from iceburg_mlx.export.gguf_export import write_gguf
     from iceburg_mlx.models import load_model
 
+    adapter = args.adapter
+    if adapter is None:
+        from iceburg_mlx.adapters import resolve_adapter_path
+
+        try:
+            resolve_adapter_path("oracle")
+            adapter = "oracle"
+        except AdapterError:
+            adapter = None
     console = Console(width=150)
     with tempfile.TemporaryDirectory(prefix="iceburg-bench-export-") as tmp:
         d = Path(tmp)
@@ -106,6 +212,12 @@ def main() -> None:
         vocab = _vocab(loaded)
         f16 = write_gguf(loaded.model, loaded.config, d / "model.F16.gguf", "f16", vocab)
         ours = write_gguf(loaded.model, loaded.config, d / "ours.Q4_K_M.gguf", "q4_k_m", vocab)
+        t = time.perf_counter()
+        cal = imatrix.calibration_ids(loaded.tokenizer)
+        importance = imatrix.collect(loaded.model, cal.ids)
+        cal_s = time.perf_counter() - t
+        ours_imx = write_gguf(loaded.model, loaded.config, d / "ours-imatrix.Q4_K_M.gguf", "q4_k_m", vocab,
+                              importance=importance)
         from_f16 = load_model(str(f16.path), compute="float32")
         ours_f16 = write_gguf(from_f16.model, from_f16.config, d / "ours-from-f16.Q4_K_M.gguf", "q4_k_m",
                               _vocab(from_f16))
@@ -119,23 +231,30 @@ def main() -> None:
         for label, path, secs in (("F16, iceburg-mlx", f16.path, f16.seconds),
                                   ("Q4_K_M llama.cpp (from F16)", theirs_path, theirs_s),
                                   ("Q4_K_M ours (from F16)", ours_f16.path, ours_f16.seconds),
-                                  ("Q4_K_M ours (fuse path, f32)", ours.path, ours.seconds)):
+                                  ("Q4_K_M ours (fuse path, f32)", ours.path, ours.seconds),
+                                  ("Q4_K_M ours + imatrix (fuse default)", ours_imx.path, cal_s + ours_imx.seconds)):
             ppl = perplexity(path, ids, args.threads) if path != f16.path else ppl_f16
             same, exact, total = compare(path, theirs_path)
             rows.append((label, path.stat().st_size / 2**20, secs, ppl, ppl / ppl_f16 - 1,
                          ppl / ppl_theirs - 1, f"{same}/{total}", f"{exact}/{total}"))
 
-    table = Table(title=f"Q4_K_M export, {loaded.source.spec} ({len(ids)} tokens of held-out text; "
-                        f"model load {load_s:.1f} s)")
-    for col in ("file", "MiB", "seconds", "ppl", "vs F16", "vs llama.cpp", "same types", "same bytes"):
-        table.add_column(col, justify="left" if col == "file" else "right")
-    for label, mib, secs, ppl, dv16, dvl, same, exact in rows:
-        table.add_row(label, f"{mib:.1f}", f"{secs:.2f}", f"{ppl:.3f}", f"{dv16:+.2%}", f"{dvl:+.2%}", same, exact)
-    console.print(table)
-    worst = max(abs(r[5]) for r in rows[1:])
-    console.print(f"our Q4_K_M perplexity within {worst:.2%} of llama.cpp's ({'OK' if worst < 0.01 else 'OVER'} "
-                  f"the 1% bar); llama.cpp quantize {theirs_s:.2f} s on {args.threads} threads, ours "
-                  f"{ours_f16.seconds:.2f} s (NumPy, one process, includes writing)")
+        table = Table(title=f"Q4_K_M export, {loaded.source.spec} ({len(ids)} tokens of held-out text; "
+                            f"model load {load_s:.1f} s)")
+        for col in ("file", "MiB", "seconds", "ppl", "vs F16", "vs llama.cpp", "same types", "same bytes"):
+            table.add_column(col, justify="left" if col == "file" else "right")
+        for label, mib, secs, ppl, dv16, dvl, same, exact in rows:
+            table.add_row(label, f"{mib:.1f}", f"{secs:.2f}", f"{ppl:.3f}", f"{dv16:+.2%}", f"{dvl:+.2%}", same, exact)
+        console.print(table)
+        worst = max(abs(r[5]) for r in rows[1:4])
+        console.print(f"our reference Q4_K_M perplexity within {worst:.2%} of llama.cpp's "
+                      f"({'OK' if worst < 0.01 else 'OVER'} the 1% bar); llama.cpp quantize {theirs_s:.2f} s on "
+                      f"{args.threads} threads, ours {ours_f16.seconds:.2f} s (NumPy, one process, includes writing)")
+        console.print(f"with an importance matrix ({len(cal.ids)} calibration tokens, collected in {cal_s:.1f} s): "
+                      f"{rows[4][5]:+.2%} vs llama.cpp's Q4_K_M, {rows[4][4]:+.2%} vs F16")
+        if adapter:
+            adapter_quality(adapter, args.model, ids, args.threads, d, console)
+        else:
+            console.print("part 2 skipped: no trained adapter (train one, or pass --adapter)")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ def fuse(
     system: Optional[str] = typer.Option(None, "--system", "-s", help="The role's system prompt for the Modelfile SYSTEM."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Modelfile sampling default."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Modelfile sampling default."),
+    imatrix: bool = typer.Option(True, "--imatrix/--no-imatrix", help="Quantize GGUF with an importance matrix from calibration text (--no-imatrix: llama.cpp's reference quantizers)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration text for --imatrix: .jsonl (chat or text records), .txt, or a directory of */train.jsonl (default: the shipped data/)."),
+    calibration_tokens: int = typer.Option(2048, "--calibration-tokens", help="Calibration tokens for --imatrix."),
 ) -> None:
     """Fuse an adapter into its base model and export it (HF safetensors, or GGUF for llama.cpp/Ollama)."""
     from rich.console import Console
@@ -38,7 +41,8 @@ def fuse(
     if to_gguf:
         preset(quant)  # an unknown type fails before the model is loaded
     opts = FuseOptions(out=out, model=model, adapter=adapter, to_gguf=to_gguf, quant=quant,
-                       dequantize=dequantize, name=name, system=system, temperature=temperature, top_p=top_p)
+                       dequantize=dequantize, name=name, system=system, temperature=temperature, top_p=top_p,
+                       imatrix=imatrix, calibration=calibration, calibration_tokens=calibration_tokens)
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
@@ -60,6 +64,10 @@ def fuse(
         mix = ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))
         err.print(f"{g.preset}: {g.n_bytes / 2**20:.1f} MiB in {g.seconds:.1f} s ({mix}"
                   + (f"; {len(g.lossless)} tensors kept without requantizing" if g.lossless else "") + ")")
+        imx = result.provenance.get("imatrix")
+        if imx:
+            err.print(f"importance matrix: {imx['tokens']} calibration tokens from {imx['source']} "
+                      f"({imx['entries']} tensors)")
         mf = result.modelfile
         if mf is not None and mf.family is None:
             err.print("note: chat template not recognised (ChatML, Llama 3, Mistral); the Modelfile has no TEMPLATE")

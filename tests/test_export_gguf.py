@@ -221,10 +221,11 @@ def test_smollm2_q4_k_m_answers_paris(smollm_path, tmp_path):
     assert r.exit_code == 0, r.output
     assert "ollama create" in r.output
     path = tmp_path / "SmolLM2-135M-Instruct.Q4_K_M.gguf"
+    assert "importance matrix: 2048 calibration tokens" in r.output
     llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=2, verbose=False)
-    # SmolLM2-135M is on a knife edge for the bare question: llama.cpp's own Q4_K_M of the same
-    # weights, the source Q4_1 file and even Q8_0 open with "L'Étoile..."; asking for one word
-    # (as a role prompt would) gets "Paris" from all of them.
-    msg = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    # SmolLM2-135M is on a knife edge for this question: F32 puts "The" 0.08 logits above "L";
+    # llama.cpp's own Q4_K_M (no importance matrix), the source Q4_1 file and Q8_0 open with
+    # "L'Étoile...". Our importance-weighted Q4_K_M answers "The capital of France is Paris."
+    msg = [{"role": "user", "content": "What is the capital of France?"}]
     out = llm.create_chat_completion(messages=msg, temperature=0, max_tokens=24)
     assert "Paris" in out["choices"][0]["message"]["content"]

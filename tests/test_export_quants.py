@@ -109,3 +109,59 @@ def test_unknown_preset_lists_the_valid_ones():
         mix.preset("q3_k_xl")
     for name in ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q6_k"):
         assert name in str(e.value)
+
+
+def _ggml_quantize_chunk():
+    """llama.cpp's own row quantizer (libggml-base), importance path included."""
+    import os
+
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+    fn = lib.ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                   ctypes.c_int64, ctypes.c_void_p]
+
+    def run(x: np.ndarray, qtype: Q, importance: np.ndarray | None) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        bs, ts = gguf.GGML_QUANT_SIZES[qtype]
+        out = np.zeros((x.shape[0], x.shape[1] // bs * ts), dtype=np.uint8)
+        imp = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32)
+        fn(int(qtype), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1],
+           None if imp is None else imp.ctypes.data)
+        return out
+
+    return run
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q6_K])
+def test_importance_path_matches_llama_cpp(qtype):
+    ref = _ggml_quantize_chunk()
+    rng = np.random.default_rng(int(qtype))
+    cols = 512
+    x = (rng.standard_normal((24, cols)) * rng.uniform(0.01, 0.2, (1, cols))).astype(np.float32)
+    x[3, :32] = 0           # an all-zero block
+    x[5, 32:64] = 0.25      # a flat one
+    x[6, :16] = 0           # an all-zero sub-block of a K-quant super-block
+    imp = rng.gamma(0.5, 1.0, cols).astype(np.float32)
+    imp[7] = 0
+    ours = quants.quantize(x, qtype, importance=imp)
+    theirs = ref(x, qtype, imp)
+    assert np.array_equal(ours, theirs)
+    # weighting pays where it is asked to: less importance-weighted error than the plain quantizer
+    plain = quants.quantize(x, qtype)
+    werr = lambda b: float(np.sum(imp * (gguf.quants.dequantize(b, qtype) - x) ** 2))  # noqa: E731
+    assert werr(ours) < werr(plain)
+    if qtype in (Q.Q4_K, Q.Q6_K):   # and our plain K-quants are llama.cpp's reference bytes too
+        assert np.array_equal(plain, ref(x, qtype, None))
+
+
+def test_importance_of_the_wrong_width_is_refused():
+    with pytest.raises(ExportError, match="importance has 3 values for rows of 256"):
+        quants.quantize(np.zeros((2, 256), np.float32), Q.Q4_K, importance=np.ones(3, np.float32))
+
+
+def test_q8_0_ignores_importance():
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    assert np.array_equal(quants.quantize(x, Q.Q8_0, importance=np.ones(64, np.float32)),
+                          quants.quantize(x, Q.Q8_0))

@@ -10,6 +10,11 @@ quantized once into the preset's types; the `q4_1` preset keeps a Q4_1 base as i
 4-bit group-32 arrays are Q4_1's blocks), so an adapter-free export of a Q4_1 GGUF reproduces its
 bytes. The export records its provenance (base, adapter, recipe, quant, sha256) in `fuse.json`
 beside the output and, for GGUF, under `iceburg.*` keys in the file.
+
+Quantized GGUF presets whose tensors are requantized from floats (q4_0, q4_k_m, q6_k) first run
+calibration text through the fused model to collect an importance matrix (`export.imatrix`) and
+quantize with it, as `llama-quantize --imatrix` does; `imatrix=False` gives llama.cpp's reference
+quantizers (the same bytes as `llama-quantize` without one).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 from gguf import GGUFValueType as V
 
 from iceburg_mlx.errors import ExportError
+from iceburg_mlx.export import imatrix as imatrix_mod
 from iceburg_mlx.export import mix
 from iceburg_mlx.export.atomic import write_json, write_text
 from iceburg_mlx.export.gguf_export import GGUFResult, write_gguf
@@ -55,6 +61,9 @@ class FuseOptions:
     system: str | None = None           # Modelfile SYSTEM (the role's prompt)
     temperature: float | None = None    # Modelfile sampling defaults
     top_p: float | None = None
+    imatrix: bool = True                # importance-weighted quantization (quantized GGUF presets)
+    calibration: str | None = None      # its text: .jsonl/.txt/dir (default: the shipped data/)
+    calibration_tokens: int = imatrix_mod.DEFAULT_TOKENS
 
 
 @dataclass
@@ -137,7 +146,32 @@ def _iceburg_kvs(prov: dict) -> list[KV]:
                   ("iceburg.fine_tune_type", adapter["fine_tune_type"])]
         if adapter.get("recipe"):
             pairs.append(("iceburg.recipe", adapter["recipe"]))
-    return [KV(k, str(v), V.STRING) for k, v in pairs]
+    kvs = [KV(k, str(v), V.STRING) for k, v in pairs]
+    imx = prov.get("imatrix")
+    if imx:  # llama-quantize's keys for a file quantized with an importance matrix
+        kvs += [KV("quantize.imatrix.dataset", imx["source"], V.STRING),
+                KV("quantize.imatrix.entries_count", int(imx["entries"]), V.INT32),
+                KV("quantize.imatrix.chunks_count", int(imx["chunks"]), V.INT32)]
+    return kvs
+
+
+def _uses_importance(opts: FuseOptions, preset: mix.Preset | None) -> bool:
+    """Whether any tensor will be requantized from floats into a type with an importance path."""
+    from gguf import GGMLQuantizationType as Q
+
+    return (opts.to_gguf and opts.imatrix and preset is not None and preset.quantized
+            and preset.default != Q.Q8_0 and _compute_for(opts, preset) == "float32")
+
+
+def _importance(loaded, opts: FuseOptions) -> tuple[dict, dict | None]:
+    """(importance by tensor, its provenance), or ({}, None) when no calibration data is at hand
+    and none was asked for."""
+    if opts.calibration is None and imatrix_mod.default_source() is None:
+        return {}, None
+    cal = imatrix_mod.calibration_ids(loaded.tokenizer, opts.calibration, opts.calibration_tokens)
+    imp = imatrix_mod.collect(loaded.model, cal.ids)
+    n_chunks = -(-len(cal.ids) // imatrix_mod.DEFAULT_CTX)
+    return imp, {**cal.record(), "entries": len(imp), "chunks": n_chunks, "n_ctx": imatrix_mod.DEFAULT_CTX}
 
 
 def _ollama_name(name: str) -> str:
@@ -169,6 +203,7 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
         dequant = opts.dequantize or (opts.to_gguf and preset is not None and preset.name != "q4_1")
         n_fused = fuse_model(loaded.model, dequantize=dequant)
         loaded.model.eval()
+    importance, imx = _importance(loaded, opts) if _uses_importance(opts, preset) else ({}, None)
     prov: dict[str, Any] = {
         "tool": f"iceburg-mlx {iceburg_mlx.__version__}",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -177,6 +212,8 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
         "quant": preset.name if preset else ("dequantized" if opts.dequantize else "as loaded"),
         "format": "gguf" if opts.to_gguf else "hf",
     }
+    if opts.to_gguf:
+        prov["imatrix"] = imx
     name = _base_name(opts, loaded, adapter_path)
     result = FuseResult(out=out, format=prov["format"], provenance=prov, n_fused=n_fused)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +221,7 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
         vocab = _vocab(loaded)
         file = out / f"{name}.{preset.name.upper()}.gguf"
         g = write_gguf(loaded.model, loaded.config, file, preset.name, vocab, name=name,
-                       extra=_iceburg_kvs(prov), progress=progress)
+                       extra=_iceburg_kvs(prov), progress=progress, importance=importance)
         result.gguf = g
         prov["files"] = {file.name: g.sha256}
         prov["tensor_types"] = g.types

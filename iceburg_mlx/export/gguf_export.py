@@ -13,7 +13,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,13 +94,13 @@ def _choose_types(p: mix.Preset, tensors: Sequence[Tensor], n_layers: int) -> tu
     return types, lossless
 
 
-def _encode(t: Tensor, qtype: Q, lossless: bool) -> np.ndarray:
+def _encode(t: Tensor, qtype: Q, lossless: bool, importance: np.ndarray | None = None) -> np.ndarray:
     if lossless:
         return t.lossless_bytes(qtype)
     data = t.dense()
     if data.ndim < 2 and qtype != Q.F32:
         raise ExportError(f"{t.name}: a 1-D tensor can only be F32")
-    return quants.quantize(data, qtype)
+    return quants.quantize(data, qtype, importance)
 
 
 def _declare(w: GGUFWriter, name: str, shape: tuple[int, ...], qtype: Q) -> None:
@@ -114,8 +114,14 @@ def _declare(w: GGUFWriter, name: str, shape: tuple[int, ...], qtype: Q) -> None
 
 
 def write_gguf(model, config: dict, path: str | os.PathLike, quant: str, vocab: Sequence[KV], *,
-               name: str | None = None, extra: Sequence[KV] = (), progress: Progress | None = None) -> GGUFResult:
-    """Write `model` (HF layout, adapters fused) to `path` as GGUF with preset `quant`."""
+               name: str | None = None, extra: Sequence[KV] = (), progress: Progress | None = None,
+               importance: Mapping[str, np.ndarray] | None = None) -> GGUFResult:
+    """Write `model` (HF layout, adapters fused) to `path` as GGUF with preset `quant`.
+
+    `importance`: {GGUF tensor name: per-column importance} (`imatrix.collect`); the tensors it
+    names are quantized by the importance-weighted searches, the rest as llama.cpp's reference
+    quantizers do."""
+    importance = importance or {}
     t0 = time.perf_counter()
     p = mix.preset(quant)
     arch = gguf_arch(config)
@@ -150,7 +156,7 @@ def write_gguf(model, config: dict, path: str | os.PathLike, quant: str, vocab: 
         if rope_freqs is not None:
             w.write_tensor_data(rope_freqs)
         for i, t in enumerate(tensors):
-            w.write_tensor_data(_encode(t, types[t.name], t.name in lossless))
+            w.write_tensor_data(_encode(t, types[t.name], t.name in lossless, importance.get(t.name)))
             if progress:
                 progress(t.name, i + 1, len(tensors))
         w.flush()
