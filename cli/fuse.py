@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -40,6 +41,10 @@ def fuse(
 
     if to_gguf:
         preset(quant)  # an unknown type fails before the model is loaded
+    if calibration_tokens < 1:
+        raise typer.BadParameter(f"must be positive, got {calibration_tokens}", param_hint="--calibration-tokens")
+    if calibration is not None and not Path(calibration).expanduser().exists():
+        raise typer.BadParameter(f"{calibration}: not found", param_hint="--calibration")
     opts = FuseOptions(out=out, model=model, adapter=adapter, to_gguf=to_gguf, quant=quant,
                        dequantize=dequantize, name=name, system=system, temperature=temperature, top_p=top_p,
                        imatrix=imatrix, calibration=calibration, calibration_tokens=calibration_tokens)
@@ -54,6 +59,8 @@ def fuse(
         result = run_fuse(opts, progress=progress)
     if result.n_fused:
         err.print(f"fused {result.n_fused} adapter layers from {adapter}")
+    for note in result.notes:
+        err.print(f"note: {note}")
     for f in result.files:
         typer.echo(str(f))
     if result.gguf is not None:

@@ -26,7 +26,7 @@ def test_collect_matches_numpy_and_leaves_the_model_as_it_was(tiny_hf):
 
     names = {f"blk.{i}.{k}.weight" for i in range(tiny.LAYERS)
              for k in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
-    assert set(imp) == names | {"output.weight"}
+    assert set(imp) == names      # the head stays unweighted, as llama-imatrix leaves it by default
     assert imp["blk.0.ffn_down.weight"].shape == (tiny.FFN,) and imp["blk.1.attn_q.weight"].shape == (tiny.HIDDEN,)
 
     # layer 0's q/k/v see the normed embeddings: position-independent, so NumPy needs no attention
@@ -54,7 +54,12 @@ def test_calibration_sources(tiny_hf, tmp_path):
     txt = tmp_path / "cal.txt"
     txt.write_text("one paragraph\n\nanother one\n")
     assert imatrix.calibration_ids(tok, txt).records == 2
-    assert imatrix.calibration_ids(tok, None, n_tokens=64).source.endswith("data")  # the shipped sets
+    assert imatrix.calibration_ids(tok, None, n_tokens=64).source.startswith("data/")  # the shipped sets
+    assert cal.source == "cal.jsonl"   # a name, not a local path: it goes into the GGUF
+
+    # a tokenizer without a chat template calibrates on the plain text of the messages
+    tok._tokenizer.chat_template = None
+    assert imatrix.calibration_ids(tok, chat, n_tokens=10_000).ids
 
     with pytest.raises(ExportError, match="nope.jsonl: calibration data not found"):
         imatrix.calibration_ids(tok, tmp_path / "nope.jsonl")
@@ -76,11 +81,11 @@ def test_fuse_with_importance_records_it_and_runs_in_llama_cpp(tiny_hf, tmp_path
                            calibration=str(cal), calibration_tokens=512))
     plain = fuse(FuseOptions(out=tmp_path / "p", model=str(tiny_hf), to_gguf=True, quant="q4_k_m", imatrix=False))
     imx = res.provenance["imatrix"]
-    assert imx["tokens"] == 512 and imx["entries"] == 2 * 7 + 1 and imx["source"] == str(cal)
+    assert imx["tokens"] == 512 and imx["entries"] == 2 * 7 and imx["source"] == "cal.txt"
     assert json.loads((tmp_path / "w" / "fuse.json").read_text())["imatrix"]["ids_sha256"] == imx["ids_sha256"]
     assert plain.provenance["imatrix"] is None
     meta = read_gguf(res.gguf.path).metadata
-    assert meta["quantize.imatrix.entries_count"] == 15 and meta["quantize.imatrix.chunks_count"] == 1
+    assert meta["quantize.imatrix.entries_count"] == 14 and meta["quantize.imatrix.chunks_count"] == 1
     assert "quantize.imatrix.entries_count" not in read_gguf(plain.gguf.path).metadata
     assert res.gguf.path.read_bytes() != plain.gguf.path.read_bytes()
     llm = llama_cpp.Llama(str(res.gguf.path), n_ctx=64, n_threads=2, verbose=False)
@@ -89,3 +94,15 @@ def test_fuse_with_importance_records_it_and_runs_in_llama_cpp(tiny_hf, tmp_path
     with pytest.raises(ExportError, match="calibration data not found"):
         fuse(FuseOptions(out=tmp_path / "x", model=str(tiny_hf), to_gguf=True, quant="q4_k_m",
                          calibration=str(tmp_path / "missing.jsonl")))
+
+
+def test_cli_checks_calibration_options_before_loading(tmp_path):
+    from iceburg_mlx.cli.main import app
+    from typer.testing import CliRunner
+
+    base = ["fuse", "--model", str(tmp_path / "never-loaded"), "--to-gguf", "--quant", "q4_k_m", "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, [*base, "--calibration", str(tmp_path / "missing.jsonl")])
+    assert r.exit_code == 2 and "missing.jsonl: not found" in r.output
+    r = CliRunner().invoke(app, [*base, "--calibration-tokens", "0"])
+    assert r.exit_code == 2 and "--calibration-tokens" in r.output
+    assert not (tmp_path / "o").exists()

@@ -135,7 +135,8 @@ def _ggml_quantize_chunk():
 
 @pytest.mark.llama_cpp
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q6_K])
-def test_importance_path_matches_llama_cpp(qtype):
+def test_importance_path_matches_llama_cpp(qtype, monkeypatch):
+    monkeypatch.setattr(quants, "CHUNK_BLOCKS", 5)   # one row per chunk: chunking must not matter
     ref = _ggml_quantize_chunk()
     rng = np.random.default_rng(int(qtype))
     cols = 512
@@ -156,9 +157,14 @@ def test_importance_path_matches_llama_cpp(qtype):
         assert np.array_equal(plain, ref(x, qtype, None))
 
 
-def test_importance_of_the_wrong_width_is_refused():
+def test_bad_importance_is_refused():
     with pytest.raises(ExportError, match="importance has 3 values for rows of 256"):
         quants.quantize(np.zeros((2, 256), np.float32), Q.Q4_K, importance=np.ones(3, np.float32))
+    for bad in (np.nan, -1.0):
+        imp = np.ones(256, np.float32)
+        imp[9] = bad
+        with pytest.raises(ExportError, match="finite and non-negative"):
+            quants.quantize(np.zeros((2, 256), np.float32), Q.Q5_0, importance=imp)
 
 
 def test_q8_0_ignores_importance():

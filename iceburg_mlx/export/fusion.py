@@ -77,6 +77,7 @@ class FuseResult:
     provenance: dict = field(default_factory=dict)
     ollama_command: str | None = None
     n_fused: int = 0
+    notes: list[str] = field(default_factory=list)   # things the user should know (the CLI prints them)
 
 
 Progress = Callable[[str, int, int], None]
@@ -163,10 +164,12 @@ def _uses_importance(opts: FuseOptions, preset: mix.Preset | None) -> bool:
             and preset.default != Q.Q8_0 and _compute_for(opts, preset) == "float32")
 
 
-def _importance(loaded, opts: FuseOptions) -> tuple[dict, dict | None]:
-    """(importance by tensor, its provenance), or ({}, None) when no calibration data is at hand
-    and none was asked for."""
+def _importance(loaded, opts: FuseOptions, notes: list[str]) -> tuple[dict, dict | None]:
+    """(importance by tensor, its provenance), or ({}, None) with a note when no calibration data
+    is at hand and none was asked for."""
     if opts.calibration is None and imatrix_mod.default_source() is None:
+        notes.append("no importance matrix: the shipped calibration data is not installed here "
+                      "(pass --calibration FILE); quantized with the reference quantizers")
         return {}, None
     cal = imatrix_mod.calibration_ids(loaded.tokenizer, opts.calibration, opts.calibration_tokens)
     imp = imatrix_mod.collect(loaded.model, cal.ids)
@@ -203,7 +206,10 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
         dequant = opts.dequantize or (opts.to_gguf and preset is not None and preset.name != "q4_1")
         n_fused = fuse_model(loaded.model, dequantize=dequant)
         loaded.model.eval()
-    importance, imx = _importance(loaded, opts) if _uses_importance(opts, preset) else ({}, None)
+    notes: list[str] = []
+    importance, imx = _importance(loaded, opts, notes) if _uses_importance(opts, preset) else ({}, None)
+    if opts.calibration is not None and not _uses_importance(opts, preset):
+        notes.append("--calibration is unused: no tensor of this export is requantized with an importance matrix")
     prov: dict[str, Any] = {
         "tool": f"iceburg-mlx {iceburg_mlx.__version__}",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -215,7 +221,7 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
     if opts.to_gguf:
         prov["imatrix"] = imx
     name = _base_name(opts, loaded, adapter_path)
-    result = FuseResult(out=out, format=prov["format"], provenance=prov, n_fused=n_fused)
+    result = FuseResult(out=out, format=prov["format"], provenance=prov, n_fused=n_fused, notes=notes)
     out.mkdir(parents=True, exist_ok=True)
     if opts.to_gguf:
         vocab = _vocab(loaded)

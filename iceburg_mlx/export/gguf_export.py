@@ -100,7 +100,10 @@ def _encode(t: Tensor, qtype: Q, lossless: bool, importance: np.ndarray | None =
     data = t.dense()
     if data.ndim < 2 and qtype != Q.F32:
         raise ExportError(f"{t.name}: a 1-D tensor can only be F32")
-    return quants.quantize(data, qtype, importance)
+    try:
+        return quants.quantize(data, qtype, importance)
+    except ExportError as e:
+        raise ExportError(f"{t.name}: {e}") from e
 
 
 def _declare(w: GGUFWriter, name: str, shape: tuple[int, ...], qtype: Q) -> None:

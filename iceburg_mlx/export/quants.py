@@ -79,22 +79,30 @@ class BlockQuant:
             raise ExportError(f"{cls.qtype.name} needs rows that are a multiple of {cls.block_size}, "
                               f"got {cols}")
         blocks = data.reshape(-1, cls.block_size)
-        qw = sigma2 = None
+        per_row = cols // cls.block_size
+        tiles = None
         if importance is not None:
             importance = np.ascontiguousarray(importance, dtype=np.float32).reshape(-1)
             if importance.shape[0] != cols:
                 raise ExportError(f"importance has {importance.shape[0]} values for rows of {cols}")
-            per_row = cols // cls.block_size
-            qw = np.broadcast_to(importance.reshape(1, per_row, cls.block_size),
-                                 (blocks.shape[0] // per_row, per_row, cls.block_size)).reshape(-1, cls.block_size)
-            rows = data.reshape(-1, cols)
-            sigma2 = np.repeat(_seqsum(np.ascontiguousarray((rows * rows).T)) / np.float32(cols), per_row)
+            if not (np.isfinite(importance).all() and (importance >= 0).all()):
+                raise ExportError("importance values must be finite and non-negative")
+            tiles = importance.reshape(per_row, cls.block_size)
         out = np.empty((blocks.shape[0], cls.type_size), dtype=np.uint8)
-        for s in range(0, blocks.shape[0], CHUNK_BLOCKS):
-            part = slice(s, s + CHUNK_BLOCKS)
-            out[part] = (cls.quantize_blocks(blocks[part]) if qw is None
-                         else cls.quantize_blocks(blocks[part], qw[part], sigma2[part]))
-        return out.reshape(*data.shape[:-1], cols // cls.block_size * cls.type_size)
+        # chunks of whole rows, so each row's mean square (the legacy types' sigma2) is at hand
+        step = max(1, CHUNK_BLOCKS // per_row) * per_row
+        for s in range(0, blocks.shape[0], step):
+            part = blocks[s:s + step]
+            if tiles is None:
+                out[s:s + step] = cls.quantize_blocks(part)
+                continue
+            qw = tiles[np.arange(part.shape[0]) % per_row]
+            sigma2 = None
+            if cls.qtype in WEIGHTED_LEGACY:
+                rows = part.reshape(-1, cols)
+                sigma2 = np.repeat(_seqsum(np.ascontiguousarray((rows * rows).T)) / np.float32(cols), per_row)
+            out[s:s + step] = cls.quantize_blocks(part, qw, sigma2)
+        return out.reshape(*data.shape[:-1], cols * cls.type_size // cls.block_size)
 
 
 QUANTIZERS: dict[Q, type[BlockQuant]] = {}       # our K-quants
