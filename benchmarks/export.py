@@ -57,16 +57,25 @@ regular, the differences caused confusion, and railway companies agreed on a sta
 whole country. Clocks in stations were set by telegraph, and soon the rest of society followed."""
 
 
-def perplexity(path: Path, ids: list[int], threads: int) -> float:
+def llama_logits(path: Path, ids: list[int], threads: int) -> np.ndarray:
+    """llama.cpp's logits at every position of `ids` (one load, one evaluation)."""
     import llama_cpp
 
     llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=max(512, len(ids) + 8), n_threads=threads,
                           verbose=False)
     llm.eval(ids)
-    z = np.array(llm.scores[:len(ids)], dtype=np.float64)[:-1]
+    return np.array(llm.scores[:len(ids)], dtype=np.float32)
+
+
+def perplexity_of(logits: np.ndarray, ids: list[int]) -> float:
+    z = logits.astype(np.float64)[:-1]
     m = z.max(-1, keepdims=True)
     lse = np.log(np.exp(z - m).sum(-1)) + m[:, 0]
     return math.exp(float(np.mean(lse - z[np.arange(len(ids) - 1), ids[1:]])))
+
+
+def perplexity(path: Path, ids: list[int], threads: int) -> float:
+    return perplexity_of(llama_logits(path, ids, threads), ids)
 
 
 def llama_quantize(src: Path, dst: Path, threads: int) -> float:
@@ -111,15 +120,6 @@ def llama_greedy(path: Path, prompt: list[int], n: int, threads: int) -> list[in
     return out
 
 
-def llama_logits(path: Path, ids: list[int], threads: int) -> np.ndarray:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=max(512, len(ids) + 8), n_threads=threads,
-                          verbose=False)
-    llm.eval(ids)
-    return np.array(llm.scores[:len(ids)], dtype=np.float32)
-
-
 def mlx_greedy(model, prompt: list[int], n: int) -> list[int]:
     import mlx.core as mx
 
@@ -144,10 +144,11 @@ def adapter_quality(adapter: str, model: str | None, ids: list[int], threads: in
     from rich.table import Table
 
     from iceburg_mlx.export import FuseOptions, fuse
+    from iceburg_mlx.generation import chat_prompt
     from iceburg_mlx.models import load_model
 
     ref = load_model(model, compute="float32", adapter=adapter)
-    prompt = list(ref.tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True))
+    prompt = chat_prompt(ref.tokenizer, PROMPT)
     ours_greedy = mlx_greedy(ref.model, prompt, GREEDY)
     ours_top1 = np.array(mx.argmax(ref.model(mx.array([ids]))[0], axis=-1))
     files = {}
@@ -155,14 +156,15 @@ def adapter_quality(adapter: str, model: str | None, ids: list[int], threads: in
         t = time.perf_counter()
         res = fuse(FuseOptions(out=d / f"fused-{q}", model=model, adapter=adapter, to_gguf=True, quant=q))
         files[q] = (res.gguf.path, time.perf_counter() - t, res.provenance.get("imatrix"))
-    ppl = {q: perplexity(p, ids, threads) for q, (p, _, _) in files.items()}
+    logits = {q: llama_logits(p, ids, threads) for q, (p, _, _) in files.items()}
+    ppl = {q: perplexity_of(z, ids) for q, z in logits.items()}
     table = Table(title=f"{adapter} fused into {ref.source.spec}: llama.cpp on each GGUF type vs iceburg-mlx "
                         f"(base + adapter, f32)")
     for col in ("type", "MiB", "fuse s", "imatrix", "ppl", "vs F16", "top-1 = ours", f"greedy = ours (of {GREEDY})"):
         table.add_column(col, justify="left" if col == "type" else "right")
     verdicts = []
     for q, (path, secs, imx) in files.items():
-        top1 = float(np.mean(np.argmax(llama_logits(path, ids, threads), axis=-1) == ours_top1))
+        top1 = float(np.mean(np.argmax(logits[q], axis=-1) == ours_top1))
         same = leading_same(llama_greedy(path, prompt, GREEDY, threads), ours_greedy)
         dv = ppl[q] / ppl["f16"] - 1
         table.add_row(q.upper(), f"{path.stat().st_size / 2**20:.1f}", f"{secs:.1f}",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -41,10 +40,6 @@ def fuse(
 
     if to_gguf:
         preset(quant)  # an unknown type fails before the model is loaded
-    if calibration_tokens < 1:
-        raise typer.BadParameter(f"must be positive, got {calibration_tokens}", param_hint="--calibration-tokens")
-    if calibration is not None and not Path(calibration).expanduser().exists():
-        raise typer.BadParameter(f"{calibration}: not found", param_hint="--calibration")
     opts = FuseOptions(out=out, model=model, adapter=adapter, to_gguf=to_gguf, quant=quant,
                        dequantize=dequantize, name=name, system=system, temperature=temperature, top_p=top_p,
                        imatrix=imatrix, calibration=calibration, calibration_tokens=calibration_tokens)

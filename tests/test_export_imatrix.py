@@ -96,13 +96,11 @@ def test_fuse_with_importance_records_it_and_runs_in_llama_cpp(tiny_hf, tmp_path
                          calibration=str(tmp_path / "missing.jsonl")))
 
 
-def test_cli_checks_calibration_options_before_loading(tmp_path):
-    from iceburg_mlx.cli.main import app
-    from typer.testing import CliRunner
-
-    base = ["fuse", "--model", str(tmp_path / "never-loaded"), "--to-gguf", "--quant", "q4_k_m", "--out", str(tmp_path / "o")]
-    r = CliRunner().invoke(app, [*base, "--calibration", str(tmp_path / "missing.jsonl")])
-    assert r.exit_code == 2 and "missing.jsonl: not found" in r.output
-    r = CliRunner().invoke(app, [*base, "--calibration-tokens", "0"])
-    assert r.exit_code == 2 and "--calibration-tokens" in r.output
+def test_calibration_options_are_checked_before_loading(tmp_path):
+    never = str(tmp_path / "never-loaded")     # loading it would fail with a different error
+    with pytest.raises(ExportError, match="missing.jsonl: calibration data not found"):
+        fuse(FuseOptions(out=tmp_path / "o", model=never, to_gguf=True, quant="q4_k_m",
+                         calibration=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(ExportError, match="--calibration-tokens must be positive"):
+        fuse(FuseOptions(out=tmp_path / "o", model=never, to_gguf=True, quant="q4_k_m", calibration_tokens=0))
     assert not (tmp_path / "o").exists()

@@ -195,6 +195,10 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
     out = Path(opts.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a directory")
+    if opts.calibration_tokens < 1:   # bad calibration options fail before the model loads
+        raise ExportError(f"--calibration-tokens must be positive, got {opts.calibration_tokens}")
+    if opts.calibration is not None and not Path(opts.calibration).expanduser().exists():
+        raise ExportError(f"{opts.calibration}: calibration data not found")
     loaded = load_model(opts.model, compute=_compute_for(opts, preset))
     if opts.to_gguf:
         gguf_arch(loaded.config)  # fail before anything is written
@@ -207,8 +211,10 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
         n_fused = fuse_model(loaded.model, dequantize=dequant)
         loaded.model.eval()
     notes: list[str] = []
-    importance, imx = _importance(loaded, opts, notes) if _uses_importance(opts, preset) else ({}, None)
-    if opts.calibration is not None and not _uses_importance(opts, preset):
+    importance, imx = {}, None
+    if _uses_importance(opts, preset):
+        importance, imx = _importance(loaded, opts, notes)
+    elif opts.calibration is not None:
         notes.append("--calibration is unused: no tensor of this export is requantized with an importance matrix")
     prov: dict[str, Any] = {
         "tool": f"iceburg-mlx {iceburg_mlx.__version__}",

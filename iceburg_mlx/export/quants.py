@@ -54,6 +54,7 @@ class BlockQuant:
     qtype: ClassVar[Q]
     block_size: ClassVar[int]
     type_size: ClassVar[int]
+    row_weighted: ClassVar[bool] = False   # its importance path also needs each row's mean square
 
     def __init_subclass__(cls, qtype: Q | None = None, legacy: bool = False, **kw) -> None:
         super().__init_subclass__(**kw)
@@ -98,7 +99,7 @@ class BlockQuant:
                 continue
             qw = tiles[np.arange(part.shape[0]) % per_row]
             sigma2 = None
-            if cls.qtype in WEIGHTED_LEGACY:
+            if cls.row_weighted:
                 rows = part.reshape(-1, cols)
                 sigma2 = np.repeat(_seqsum(np.ascontiguousarray((rows * rows).T)) / np.float32(cols), per_row)
             out[s:s + step] = cls.quantize_blocks(part, qw, sigma2)
@@ -348,6 +349,8 @@ class _LegacyWeighted(BlockQuant):
     """A legacy 32-value type's importance path (`quantize_row_q*_impl`): each value weighted by
     importance * sqrt(sigma2 + x^2), sigma2 the mean square of its row. Without importance:
     the `gguf` package's reference quantizer."""
+
+    row_weighted = True
 
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray, qw: np.ndarray | None = None,
