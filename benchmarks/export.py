@@ -10,7 +10,10 @@ same held-out English text.
 Part 2, a trained adapter (`--adapter`, default the registry's `oracle` when there is one): fuse it
 into every GGUF type with `iceburg-mlx fuse`'s code and check each file in llama.cpp against
 iceburg-mlx running base + adapter: F16 greedy tokens, Q8_0 top-1 agreement over the held-out
-text's positions, and each 4-bit type's perplexity against F16's.
+text's positions, and each 4-bit type's perplexity against F16's; also llama.cpp's own floor for
+Q8_0 (an F16 file whose output head alone is Q8_0) and, for a role adapter, how many of the role's
+eval prompts each file answers in the role's format and to its checker's satisfaction (with the
+shipped base alone for comparison).
 
 Prints rich tables. Run it with `nice`: `nice -n 10 python benchmarks/export.py` (about three
 minutes on 2 cores with an adapter).
@@ -105,6 +108,7 @@ def compare(a: Path, b: Path) -> tuple[int, int, int]:
 PROMPT = [{"role": "user", "content": "Is it true that the Great Wall of China can be seen from the Moon "
                                       "with the naked eye?"}]
 GREEDY = 48
+ROLE_TOKENS = 96
 QUALITY_TYPES = ("f16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q6_k")
 
 
@@ -138,12 +142,117 @@ def leading_same(a: list[int], b: list[int]) -> int:
     return n
 
 
-def adapter_quality(adapter: str, model: str | None, ids: list[int], threads: int, d: Path, console) -> None:
+def q8_runtime_top1(model: str | None, adapter: str, ids: list[int], top1: np.ndarray) -> tuple[float, float]:
+    """Top-1 agreement with `top1` of base + adapter in f32 when the input of (head only, every)
+    product is rounded to Q8_0 blocks as llama.cpp's Q8_0 products round it (ggml's
+    quantize_row_q8_0: per 32 values d = max|x| / 127, stored as f16), the weights left exact:
+    what llama.cpp's runtime alone costs a Q8_0 file, whatever its weights."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from iceburg_mlx.models import load_model
+
+    def q8(x):
+        b = x.reshape(*x.shape[:-1], x.shape[-1] // 32, 32)
+        d = mx.max(mx.abs(b), axis=-1, keepdims=True) / 127
+        q = mx.round(b * mx.where(d > 0, 1 / mx.where(d > 0, d, 1), 0))
+        return (q * d.astype(mx.float16).astype(mx.float32)).reshape(x.shape)
+
+    class RoundedInput(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def __call__(self, x):
+            return self.inner(q8(x))
+
+    m = load_model(model, compute="float32", adapter=adapter).model
+    h = m.model(mx.array([ids]))
+    head = m.model.embed_tokens.as_linear if getattr(m, "lm_head", None) is None else m.lm_head
+    head_only = np.array(mx.argmax(head(q8(h))[0], axis=-1))
+    for layer in m.model.layers:
+        for holder in (layer.self_attn, layer.mlp):
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+                if hasattr(holder, name):
+                    setattr(holder, name, RoundedInput(getattr(holder, name)))
+    every = np.array(mx.argmax(head(q8(m.model(mx.array([ids]))))[0], axis=-1))
+    return float(np.mean(head_only == top1)), float(np.mean(every == top1))
+
+
+def head_q8_0_top1(model: str | None, adapter: str, ids: list[int], top1: np.ndarray, threads: int,
+                   d: Path) -> float:
+    """Top-1 agreement with `top1` in llama.cpp of an F16 file of base + adapter whose output head
+    alone is Q8_0. SmolLM2's head is already Q8_0 and is written back unchanged, so what remains is
+    llama.cpp rounding the head's input to Q8_0 blocks, as it does for every Q8_0 product."""
+    from gguf import GGMLQuantizationType as Q
+
+    from iceburg_mlx.export import mix
+    from iceburg_mlx.export.fusion import _vocab
+    from iceburg_mlx.export.gguf_export import write_gguf
+    from iceburg_mlx.models import load_model
+    from iceburg_mlx.train.lora import fuse_model
+
+    fused = load_model(model, compute="quantized", adapter=adapter)
+    fuse_model(fused.model, dequantize=True)
+    plan = mix.plan
+
+    def head_q8_0(p, shapes, n):
+        head = "output.weight" if "output.weight" in shapes else "token_embd.weight"
+        return {k: (Q.Q8_0 if k == head else v) for k, v in plan(p, shapes, n).items()}
+
+    mix.plan = head_q8_0
+    try:
+        path = write_gguf(fused.model, fused.config, d / "head-q8_0.gguf", "f16", _vocab(fused)).path
+    finally:
+        mix.plan = plan
+    return float(np.mean(np.argmax(llama_logits(path, ids, threads), axis=-1) == top1))
+
+
+def role_of(adapter: str) -> str | None:
+    """The role bench an adapter is checked on: its recipe's role.name, when it has a bench."""
+    import yaml
+
+    from iceburg_mlx.adapters import resolve_adapter_path
+    from iceburg_mlx.eval.bench import BENCHES
+
+    recipe = resolve_adapter_path(adapter) / "recipe.yaml"
+    if not recipe.is_file():
+        return None
+    role = ((yaml.safe_load(recipe.read_text()) or {}).get("role") or {}).get("name")
+    return role if role in BENCHES else None
+
+
+def role_bench(path: Path, tokenizer, items, threads: int) -> tuple[int, int]:
+    """(answers in the role's format, answers the role's checker passes) of llama.cpp on `path`,
+    greedy, on the role's eval items (the conversation carries the role's system prompt)."""
+    import llama_cpp
+
+    from iceburg_mlx.eval.checkers import get_checker
+    from iceburg_mlx.generation import chat_prompt
+
+    llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=threads, verbose=False)
+    fmt = ok = 0
+    for it in items:
+        llm.reset()
+        out: list[int] = []
+        for tok in llm.generate(chat_prompt(tokenizer, it.prompt), temp=0.0, top_k=1):
+            if tok == llm.token_eos() or len(out) >= ROLE_TOKENS:
+                break
+            out.append(tok)
+        r = get_checker(it.bench)(llm.detokenize(out).decode("utf-8", "replace"), it.expect)
+        fmt += bool(r.details.get("format_ok", r.passed))
+        ok += r.passed
+    return fmt, ok
+
+
+def adapter_quality(adapter: str, model: str | None, ids: list[int], threads: int, d: Path, console,
+                    role_items: int) -> None:
     """Part 2: every GGUF type of base + `adapter` in llama.cpp against iceburg-mlx's base + adapter."""
     import mlx.core as mx
     from rich.table import Table
 
-    from iceburg_mlx.export import FuseOptions, fuse
+    from iceburg_mlx.eval.bench import load_items
+    from iceburg_mlx.export import FuseOptions, fuse, imatrix
     from iceburg_mlx.generation import chat_prompt
     from iceburg_mlx.models import load_model
 
@@ -151,30 +260,53 @@ def adapter_quality(adapter: str, model: str | None, ids: list[int], threads: in
     prompt = chat_prompt(ref.tokenizer, PROMPT)
     ours_greedy = mlx_greedy(ref.model, prompt, GREEDY)
     ours_top1 = np.array(mx.argmax(ref.model(mx.array([ids]))[0], axis=-1))
+    role = role_of(adapter)
+    data = imatrix.default_source()
+    items = load_items(role, data, role_items) if role and data and role_items > 0 else []
     files = {}
     for q in QUALITY_TYPES:
         t = time.perf_counter()
         res = fuse(FuseOptions(out=d / f"fused-{q}", model=model, adapter=adapter, to_gguf=True, quant=q))
         files[q] = (res.gguf.path, time.perf_counter() - t, res.provenance.get("imatrix"))
+    floor_top1 = head_q8_0_top1(model, adapter, ids, ours_top1, threads, d)
     logits = {q: llama_logits(p, ids, threads) for q, (p, _, _) in files.items()}
     ppl = {q: perplexity_of(z, ids) for q, z in logits.items()}
     table = Table(title=f"{adapter} fused into {ref.source.spec}: llama.cpp on each GGUF type vs iceburg-mlx "
                         f"(base + adapter, f32)")
-    for col in ("type", "MiB", "fuse s", "imatrix", "ppl", "vs F16", "top-1 = ours", f"greedy = ours (of {GREEDY})"):
+    cols = ["type", "MiB", "fuse s", "imatrix", "ppl", "vs F16", "top-1 = ours", f"greedy = ours (of {GREEDY})"]
+    if items:
+        cols += [f"{role} format (of {len(items)})", f"{role} checker passes"]
+    for col in cols:
         table.add_column(col, justify="left" if col == "type" else "right")
     verdicts = []
-    for q, (path, secs, imx) in files.items():
-        top1 = float(np.mean(np.argmax(logits[q], axis=-1) == ours_top1))
-        same = leading_same(llama_greedy(path, prompt, GREEDY, threads), ours_greedy)
-        dv = ppl[q] / ppl["f16"] - 1
-        table.add_row(q.upper(), f"{path.stat().st_size / 2**20:.1f}", f"{secs:.1f}",
-                      f"{imx['tokens']} tok" if imx else "-", f"{ppl[q]:.3f}", f"{dv:+.2%}", f"{top1:.1%}", str(same))
+    rows = [(q.upper(), *files[q]) for q in files]
+    if items:   # the base alone, as shipped: how much of the role behaviour is the adapter's
+        rows.append((f"base ({ref.source.spec})", Path(ref.source.path), 0.0, None))
+    for label, path, secs, imx in rows:
+        q = label.lower()
+        cells = [label, f"{path.stat().st_size / 2**20:.1f}", f"{secs:.1f}" if secs else "-",
+                 f"{imx['tokens']} tok" if imx else "-"]
+        if q in logits:
+            top1 = float(np.mean(np.argmax(logits[q], axis=-1) == ours_top1))
+            same = leading_same(llama_greedy(path, prompt, GREEDY, threads), ours_greedy)
+            dv = ppl[q] / ppl["f16"] - 1
+            cells += [f"{ppl[q]:.3f}", f"{dv:+.2%}", f"{top1:.1%}", str(same)]
+        else:
+            cells += ["", "", "", ""]
+        if items:
+            cells += [str(n) for n in role_bench(path, ref.tokenizer, items, threads)]
+        table.add_row(*cells)
         if q == "f16":
             verdicts.append(f"F16 greedy tokens identical: {same} ({'OK' if same >= 32 else 'UNDER'} the 32 bar)")
         elif q == "q8_0":
-            verdicts.append(f"Q8_0 top-1 agreement {top1:.1%} ({'OK' if top1 >= 0.98 else 'UNDER'} the 98% bar)")
+            sim_head, sim_all = q8_runtime_top1(model, adapter, ids, ours_top1)
+            verdicts.append(f"Q8_0 top-1 agreement {top1:.1%} ({'OK' if top1 >= 0.98 else 'UNDER'} the 98% bar). "
+                            f"What llama.cpp's Q8_0 runtime costs with exact weights: only the head's input "
+                            f"rounded, {floor_top1:.1%} in llama.cpp ({sim_head:.1%} simulated in MLX); every "
+                            f"product's input rounded, {sim_all:.1%} (simulated)")
         elif q in ("q4_0", "q4_1", "q4_k_m"):
-            verdicts.append(f"{q.upper()} perplexity {dv:+.2%} vs F16 ({'OK' if dv < 0.05 else 'OVER'} the 5% bar)")
+            verdicts.append(f"{q.upper()} perplexity {dv:+.2%} vs F16 ({'OK' if abs(dv) < 0.05 else 'OUTSIDE'} "
+                            f"the 5% bar)")
     console.print(table)
     for v in verdicts:
         console.print(v)
@@ -186,6 +318,8 @@ def main() -> None:
     ap.add_argument("--adapter", default=None,
                     help="trained adapter for part 2 (registry name or directory; default: oracle if registered)")
     ap.add_argument("--threads", type=int, default=2, help="threads for llama.cpp (quantize and eval)")
+    ap.add_argument("--role-items", type=int, default=30,
+                    help="eval items of the adapter's role answered by each file in part 2 (0: none)")
     args = ap.parse_args()
     from rich.console import Console
     from rich.table import Table
@@ -254,7 +388,7 @@ def main() -> None:
         console.print(f"with an importance matrix ({len(cal.ids)} calibration tokens, collected in {cal_s:.1f} s): "
                       f"{rows[4][5]:+.2%} vs llama.cpp's Q4_K_M, {rows[4][4]:+.2%} vs F16")
         if adapter:
-            adapter_quality(adapter, args.model, ids, args.threads, d, console)
+            adapter_quality(adapter, args.model, ids, args.threads, d, console, args.role_items)
         else:
             console.print("part 2 skipped: no trained adapter (train one, or pass --adapter)")
 

@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType as Q
 from iceburg_mlx.errors import ExportError
 from iceburg_mlx.export import FuseOptions, fuse, gguf_export
 from iceburg_mlx.export.gguf_export import write_gguf
-from iceburg_mlx.export.gguf_vocab import from_hf_dir
+from iceburg_mlx.export.gguf_vocab import from_gguf_metadata, from_hf_dir
 from iceburg_mlx.models import load_model
 from iceburg_mlx.models.gguf_file import read_gguf
 
@@ -171,6 +171,36 @@ def test_fused_adapter_gguf_matches_base_plus_adapter(tiny_hf, tmp_path):
     assert md["iceburg.recipe"].startswith("name: oracle") and prov["adapter"]["recipe"].startswith("name: oracle")
     assert prov["files"][res.gguf.path.name] == gguf_export.sha256_file(res.gguf.path)
     assert prov["base"]["sha256"] and md["iceburg.base_sha256"] == prov["base"]["sha256"]
+
+
+def test_q4_1_with_adapter_requantizes_only_the_adapted_layers(tiny_hf, tiny_gguf, tmp_path):
+    from iceburg_mlx.train.lora import fuse_model, load_adapters
+
+    src = tiny_gguf("Q4_1")
+    _adapter(tiny_hf, tmp_path / "adapter")        # q_proj, v_proj, down_proj
+    res = fuse(FuseOptions(out=tmp_path / "out", model=str(src), adapter=str(tmp_path / "adapter"),
+                           to_gguf=True, quant="q4_1"))
+    a, b = read_gguf(src), read_gguf(res.gguf.path)
+    adapted = ("attn_q", "attn_v", "ffn_down")
+    for name, t in a.tensors.items():
+        assert b.tensors[name].qtype == t.qtype, name
+        same = np.array_equal(np.asarray(a.raw(name)), np.asarray(b.raw(name)))
+        assert same != any(f".{k}." in name for k in adapted), name   # untouched layers: the same bytes
+    assert res.provenance["imatrix"]["tokens"] > 0                    # adapted layers: importance-weighted
+
+    # closer to base + adapter than MLX's min-max requantization of the merged weights (the old path)
+    ids = list(range(5, 65))
+    want = our_logits(load_model(str(src), compute="float32", adapter=str(tmp_path / "adapter")), ids)
+    old = load_model(str(src), compute="quantized")
+    load_adapters(old.model, tmp_path / "adapter")
+    fuse_model(old.model, dequantize=False)
+    old_file = write_gguf(old.model, old.config, tmp_path / "old.gguf", "q4_1",
+                          from_gguf_metadata(a.metadata)).path
+
+    def err(path):
+        return float(np.sqrt(np.mean((llama_logits(path, ids) - want) ** 2)))
+
+    assert err(res.gguf.path) < 0.9 * err(old_file)
 
 
 def test_qwen2_export_runs_in_llama_cpp(tmp_path):

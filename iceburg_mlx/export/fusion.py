@@ -5,16 +5,19 @@
                               to_gguf=True, quant="q4_k_m"))
 
 The adapter is merged with each layer's `fuse()`: a quantized base is dequantized, updated and
-requantized (or left dense with `dequantize`). For GGUF output the merge is done in float32 and
-quantized once into the preset's types; the `q4_1` preset keeps a Q4_1 base as it is (MLX's
-4-bit group-32 arrays are Q4_1's blocks), so an adapter-free export of a Q4_1 GGUF reproduces its
-bytes. The export records its provenance (base, adapter, recipe, quant, sha256) in `fuse.json`
-beside the output and, for GGUF, under `iceburg.*` keys in the file.
+requantized (or left dense with `dequantize`). For GGUF output the merged layers are left dense and
+quantized once into the preset's types; the `q4_1` preset keeps every tensor of a Q4_1 base that
+no adapter changed as it is (MLX's 4-bit group-32 arrays are Q4_1's blocks), so an adapter-free
+export of a Q4_1 GGUF reproduces its bytes, and with an adapter only the adapted layers are
+requantized (with the importance matrix, not MLX's min-max rounding). The export records its
+provenance (base, adapter, recipe, quant, sha256) in `fuse.json` beside the output and, for GGUF,
+under `iceburg.*` keys in the file.
 
-Quantized GGUF presets whose tensors are requantized from floats (q4_0, q4_k_m, q6_k) first run
-calibration text through the fused model to collect an importance matrix (`export.imatrix`) and
-quantize with it, as `llama-quantize --imatrix` does; `imatrix=False` gives llama.cpp's reference
-quantizers (the same bytes as `llama-quantize` without one).
+Quantized GGUF presets whose tensors are requantized from floats (q4_0, q4_k_m, q6_k, and q4_1
+with an adapter) first run calibration text through the fused model to collect an importance
+matrix (`export.imatrix`) and quantize with it, as `llama-quantize --imatrix` does;
+`imatrix=False` gives llama.cpp's reference quantizers (the same bytes as `llama-quantize`
+without one).
 """
 
 from __future__ import annotations
@@ -156,12 +159,13 @@ def _iceburg_kvs(prov: dict) -> list[KV]:
     return kvs
 
 
-def _uses_importance(opts: FuseOptions, preset: mix.Preset | None) -> bool:
-    """Whether any tensor will be requantized from floats into a type with an importance path."""
+def _uses_importance(opts: FuseOptions, preset: mix.Preset | None, fused: bool) -> bool:
+    """Whether any tensor will be requantized from floats into a type with an importance path: all
+    of them when the base was loaded as floats, the adapted ones (`fused`) when it stayed quantized."""
     from gguf import GGMLQuantizationType as Q
 
     return (opts.to_gguf and opts.imatrix and preset is not None and preset.quantized
-            and preset.default != Q.Q8_0 and _compute_for(opts, preset) == "float32")
+            and preset.default != Q.Q8_0 and (fused or _compute_for(opts, preset) == "float32"))
 
 
 def _importance(loaded, opts: FuseOptions, notes: list[str]) -> tuple[dict, dict | None]:
@@ -207,12 +211,13 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
         from iceburg_mlx.train.lora import fuse_model, load_adapters
 
         load_adapters(loaded.model, adapter_path)
-        dequant = opts.dequantize or (opts.to_gguf and preset is not None and preset.name != "q4_1")
-        n_fused = fuse_model(loaded.model, dequantize=dequant)
+        # for GGUF the adapted layers stay dense and are quantized once, by the exporter; in the
+        # q4_1 preset the layers no adapter touches keep their Q4_1 / Q8_0 blocks as they are
+        n_fused = fuse_model(loaded.model, dequantize=opts.dequantize or opts.to_gguf)
         loaded.model.eval()
     notes: list[str] = []
     importance, imx = {}, None
-    if _uses_importance(opts, preset):
+    if _uses_importance(opts, preset, n_fused > 0):
         importance, imx = _importance(loaded, opts, notes)
     elif opts.calibration is not None:
         notes.append("--calibration is unused: no tensor of this export is requantized with an importance matrix")
