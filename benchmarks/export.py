@@ -15,8 +15,8 @@ Q8_0 (an F16 file whose output head alone is Q8_0) and, for a role adapter, how 
 eval prompts each file answers in the role's format and to its checker's satisfaction (with the
 shipped base alone for comparison).
 
-Prints rich tables. Run it with `nice`: `nice -n 10 python benchmarks/export.py` (about three
-minutes on 2 cores with an adapter).
+Prints rich tables. Run it with `nice`: `nice -n 10 python benchmarks/export.py` (9.5 minutes
+in all on a 2-core AVX2 machine with the oracle adapter; `--role-items 0` skips the role prompts).
 """
 
 from __future__ import annotations
@@ -60,12 +60,16 @@ regular, the differences caused confusion, and railway companies agreed on a sta
 whole country. Clocks in stations were set by telegraph, and soon the rest of society followed."""
 
 
-def llama_logits(path: Path, ids: list[int], threads: int) -> np.ndarray:
-    """llama.cpp's logits at every position of `ids` (one load, one evaluation)."""
+def open_llama(path: Path, threads: int, n_ctx: int = 1024):
+    """`path` loaded in llama.cpp, keeping the logits of every position it evaluates."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=max(512, len(ids) + 8), n_threads=threads,
-                          verbose=False)
+    return llama_cpp.Llama(str(path), logits_all=True, n_ctx=n_ctx, n_threads=threads, verbose=False)
+
+
+def llama_logits(llm, ids: list[int]) -> np.ndarray:
+    """llama.cpp's logits at every position of `ids` (one evaluation from an empty context)."""
+    llm.reset()
     llm.eval(ids)
     return np.array(llm.scores[:len(ids)], dtype=np.float32)
 
@@ -78,7 +82,7 @@ def perplexity_of(logits: np.ndarray, ids: list[int]) -> float:
 
 
 def perplexity(path: Path, ids: list[int], threads: int) -> float:
-    return perplexity_of(llama_logits(path, ids, threads), ids)
+    return perplexity_of(llama_logits(open_llama(path, threads, max(1024, len(ids) + 8)), ids), ids)
 
 
 def llama_quantize(src: Path, dst: Path, threads: int) -> float:
@@ -112,10 +116,8 @@ ROLE_TOKENS = 96
 QUALITY_TYPES = ("f16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q6_k")
 
 
-def llama_greedy(path: Path, prompt: list[int], n: int, threads: int) -> list[int]:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=512, n_threads=threads, verbose=False)
+def llama_greedy(llm, prompt: list[int], n: int) -> list[int]:
+    llm.reset()
     llm.eval(prompt)
     out = []
     for _ in range(n):
@@ -205,32 +207,16 @@ def head_q8_0_top1(model: str | None, adapter: str, ids: list[int], top1: np.nda
         path = write_gguf(fused.model, fused.config, d / "head-q8_0.gguf", "f16", _vocab(fused)).path
     finally:
         mix.plan = plan
-    return float(np.mean(np.argmax(llama_logits(path, ids, threads), axis=-1) == top1))
+    logits = llama_logits(open_llama(path, threads, max(1024, len(ids) + 8)), ids)
+    return float(np.mean(np.argmax(logits, axis=-1) == top1))
 
 
-def role_of(adapter: str) -> str | None:
-    """The role bench an adapter is checked on: its recipe's role.name, when it has a bench."""
-    import yaml
-
-    from iceburg_mlx.adapters import resolve_adapter_path
-    from iceburg_mlx.eval.bench import BENCHES
-
-    recipe = resolve_adapter_path(adapter) / "recipe.yaml"
-    if not recipe.is_file():
-        return None
-    role = ((yaml.safe_load(recipe.read_text()) or {}).get("role") or {}).get("name")
-    return role if role in BENCHES else None
-
-
-def role_bench(path: Path, tokenizer, items, threads: int) -> tuple[int, int]:
-    """(answers in the role's format, answers the role's checker passes) of llama.cpp on `path`,
-    greedy, on the role's eval items (the conversation carries the role's system prompt)."""
-    import llama_cpp
-
+def role_bench(llm, tokenizer, items) -> tuple[int, int]:
+    """(answers in the role's format, answers the role's checker passes) of llama.cpp, greedy, on
+    the role's eval items (the conversation carries the role's system prompt)."""
     from iceburg_mlx.eval.checkers import get_checker
     from iceburg_mlx.generation import chat_prompt
 
-    llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=threads, verbose=False)
     fmt = ok = 0
     for it in items:
         llm.reset()
@@ -251,7 +237,8 @@ def adapter_quality(adapter: str, model: str | None, ids: list[int], threads: in
     import mlx.core as mx
     from rich.table import Table
 
-    from iceburg_mlx.eval.bench import load_items
+    from iceburg_mlx.adapters import adapter_role
+    from iceburg_mlx.eval.bench import BENCHES, load_items
     from iceburg_mlx.export import FuseOptions, fuse, imatrix
     from iceburg_mlx.generation import chat_prompt
     from iceburg_mlx.models import load_model
@@ -260,17 +247,17 @@ def adapter_quality(adapter: str, model: str | None, ids: list[int], threads: in
     prompt = chat_prompt(ref.tokenizer, PROMPT)
     ours_greedy = mlx_greedy(ref.model, prompt, GREEDY)
     ours_top1 = np.array(mx.argmax(ref.model(mx.array([ids]))[0], axis=-1))
-    role = role_of(adapter)
+    role = adapter_role(adapter).get("name")
     data = imatrix.default_source()
-    items = load_items(role, data, role_items) if role and data and role_items > 0 else []
+    has_bench = role in BENCHES and data is not None and role_items > 0
+    items = load_items(role, data, role_items) if has_bench else []
     files = {}
     for q in QUALITY_TYPES:
         t = time.perf_counter()
         res = fuse(FuseOptions(out=d / f"fused-{q}", model=model, adapter=adapter, to_gguf=True, quant=q))
         files[q] = (res.gguf.path, time.perf_counter() - t, res.provenance.get("imatrix"))
     floor_top1 = head_q8_0_top1(model, adapter, ids, ours_top1, threads, d)
-    logits = {q: llama_logits(p, ids, threads) for q, (p, _, _) in files.items()}
-    ppl = {q: perplexity_of(z, ids) for q, z in logits.items()}
+    sim_head, sim_all = q8_runtime_top1(model, adapter, ids, ours_top1)
     table = Table(title=f"{adapter} fused into {ref.source.spec}: llama.cpp on each GGUF type vs iceburg-mlx "
                         f"(base + adapter, f32)")
     cols = ["type", "MiB", "fuse s", "imatrix", "ppl", "vs F16", "top-1 = ours", f"greedy = ours (of {GREEDY})"]
@@ -282,24 +269,28 @@ def adapter_quality(adapter: str, model: str | None, ids: list[int], threads: in
     rows = [(q.upper(), *files[q]) for q in files]
     if items:   # the base alone, as shipped: how much of the role behaviour is the adapter's
         rows.append((f"base ({ref.source.spec})", Path(ref.source.path), 0.0, None))
-    for label, path, secs, imx in rows:
+    ppl_f16 = None
+    for label, path, secs, imx in rows:   # one llama.cpp load per file for all its figures
         q = label.lower()
+        llm = open_llama(path, threads, max(1024, len(ids) + 8))
         cells = [label, f"{path.stat().st_size / 2**20:.1f}", f"{secs:.1f}" if secs else "-",
                  f"{imx['tokens']} tok" if imx else "-"]
-        if q in logits:
-            top1 = float(np.mean(np.argmax(logits[q], axis=-1) == ours_top1))
-            same = leading_same(llama_greedy(path, prompt, GREEDY, threads), ours_greedy)
-            dv = ppl[q] / ppl["f16"] - 1
-            cells += [f"{ppl[q]:.3f}", f"{dv:+.2%}", f"{top1:.1%}", str(same)]
+        if q in files:
+            logits = llama_logits(llm, ids)
+            ppl = perplexity_of(logits, ids)
+            ppl_f16 = ppl_f16 or ppl                       # F16 is the first row
+            top1 = float(np.mean(np.argmax(logits, axis=-1) == ours_top1))
+            same = leading_same(llama_greedy(llm, prompt, GREEDY), ours_greedy)
+            dv = ppl / ppl_f16 - 1
+            cells += [f"{ppl:.3f}", f"{dv:+.2%}", f"{top1:.1%}", str(same)]
         else:
             cells += ["", "", "", ""]
         if items:
-            cells += [str(n) for n in role_bench(path, ref.tokenizer, items, threads)]
+            cells += [str(n) for n in role_bench(llm, ref.tokenizer, items)]
         table.add_row(*cells)
         if q == "f16":
             verdicts.append(f"F16 greedy tokens identical: {same} ({'OK' if same >= 32 else 'UNDER'} the 32 bar)")
         elif q == "q8_0":
-            sim_head, sim_all = q8_runtime_top1(model, adapter, ids, ours_top1)
             verdicts.append(f"Q8_0 top-1 agreement {top1:.1%} ({'OK' if top1 >= 0.98 else 'UNDER'} the 98% bar). "
                             f"What llama.cpp's Q8_0 runtime costs with exact weights: only the head's input "
                             f"rounded, {floor_top1:.1%} in llama.cpp ({sim_head:.1%} simulated in MLX); every "

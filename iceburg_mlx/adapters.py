@@ -63,18 +63,24 @@ def attach_adapter(loaded, spec: str, adapters_dir: str | os.PathLike | None = N
     return path
 
 
-def role_system_prompt(spec: str, adapters_dir: str | os.PathLike | None = None) -> str | None:
-    """The system prompt the adapter was trained with (its recipe's `role.system_prompt`), or None
-    when the adapter records no recipe or no prompt."""
+def adapter_role(spec: str, adapters_dir: str | os.PathLike | None = None) -> dict:
+    """The `role` section of the recipe the adapter was trained with ({} when it records none)."""
     import yaml
 
     path, _ = _resolve(spec, adapters_dir)
     recipe = path / "recipe.yaml"
     if not recipe.is_file():
-        return None
+        return {}
     try:
         data = yaml.safe_load(recipe.read_text()) or {}
     except yaml.YAMLError:
-        return None
-    prompt = (data.get("role") or {}).get("system_prompt") if isinstance(data, dict) else None
+        return {}
+    role = data.get("role") if isinstance(data, dict) else None
+    return role if isinstance(role, dict) else {}
+
+
+def role_system_prompt(spec: str, adapters_dir: str | os.PathLike | None = None) -> str | None:
+    """The system prompt the adapter was trained with (its recipe's `role.system_prompt`), or None
+    when the adapter records no recipe or no prompt."""
+    prompt = adapter_role(spec, adapters_dir).get("system_prompt")
     return prompt if isinstance(prompt, str) and prompt.strip() else None

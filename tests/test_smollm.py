@@ -12,8 +12,8 @@ pytestmark = [pytest.mark.smollm, pytest.mark.llama_cpp]
 # Greedy answers agree with llama.cpp until llama.cpp's quantized arithmetic (Q8 activations, f16
 # KV cache) flips a near-tie: its logits differ from ours by rms ~0.26, while llama.cpp batched vs
 # token-by-token differs from itself by ~0.23 and f16 vs f32 KV cache by ~0.40. Where that happens
-# depends on the CPU llama.cpp was built for: on an AVX-512 machine the first four prompts agreed for
-# 32 tokens, on an AVX2 one the first flipped at token 16 (a 0.05-logit tie on both sides).
+# depends on the CPU llama.cpp was built for: the first four prompts were picked on an AVX-512 machine
+# for agreeing over 32 tokens; on an AVX2 one the first flips at token 16 (a 0.05-logit tie both sides).
 PROMPTS = [
     "What is the boiling point of water at sea level?",
     "What is Python used for?",
@@ -74,7 +74,7 @@ def greedy_pairs(smol, smollm_path):
 
 def test_greedy_tokens_equal_llama_cpp_on_most_prompts(greedy_pairs):
     agree = [p for p, (_, ours, theirs) in greedy_pairs.items() if len(ours) == 32 and ours == theirs]
-    assert len(agree) >= 2, agree   # 4 of 6 on an AVX-512 machine, 3 on an AVX2 one
+    assert len(agree) >= 2, agree   # 3 of 6 on an AVX2 machine
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
