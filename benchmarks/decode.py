@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from peers import require  # noqa: E402  (benchmarks/peers.py)
 
 PROMPT = ("You are reviewing a research plan. Write a long, detailed essay that explains how a transformer "
           "language model turns a prompt into an answer: tokenization, embeddings, self-attention with "
@@ -121,6 +122,7 @@ def _child(args, extra_env: dict, mode: str) -> dict | list:
 
 
 def main() -> None:
+    require("mlx_lm", "llama_cpp")  # before any work: a missing peer is named at once
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2)")
     ap.add_argument("--max-tokens", type=int, default=128)

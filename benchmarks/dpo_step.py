@@ -25,6 +25,7 @@ import time
 import iceburg_mlx  # noqa: F401,I001  (OpenBLAS preload: must come before mlx.core)
 import mlx.core as mx
 import numpy as np
+from peers import require  # noqa: E402  (benchmarks/peers.py)
 
 
 def load_policy(recipe):
@@ -117,6 +118,7 @@ def mlx_lm_lora(loaded, recipe, pairs, steps, warmup):
 
 
 def main() -> None:
+    require("mlx_lm_lora")  # before any work: a missing peer is named at once
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--role", default="oracle")
     ap.add_argument("--pairs", type=int, default=4)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import iceburg_mlx  # noqa: F401  (OpenBLAS preload before mlx.core)
+from peers import require  # noqa: E402  (benchmarks/peers.py)
 
 TEXT = """The river town woke slowly on market days. Before dawn the bakers lit their ovens, and by the
 time the first light reached the hills the smell of bread had drifted down every street. Farmers
@@ -304,6 +305,7 @@ def adapter_quality(adapter: str, model: str | None, ids: list[int], threads: in
 
 
 def main() -> None:
+    require("llama_cpp")  # before any work: a missing peer is named at once
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2)")
     ap.add_argument("--adapter", default=None,

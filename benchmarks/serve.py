@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from peers import require  # noqa: E402  (benchmarks/peers.py)
 
 ROLES = ("surveyor", "dissident", "synthesist", "oracle")
 HERE = Path(__file__).resolve().parent.parent
@@ -172,6 +173,7 @@ def ensure_adapters(model: str | None, adapters_dir: Path | None, work: Path) ->
 
 
 def main() -> None:
+    require("mlx_lm")  # before any work: a missing peer is named at once
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--adapters-dir", type=Path, default=HERE / "adapters",

@@ -26,6 +26,7 @@ from pathlib import Path
 import iceburg_mlx  # noqa: F401  (Linux CPU set-up before mlx.core)
 import mlx.core as mx
 import mlx.optimizers as optim
+from peers import require  # noqa: E402  (benchmarks/peers.py)
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -116,6 +117,7 @@ def run_mlx_lm(args) -> dict:
 
 
 def main() -> None:
+    require("mlx_lm")  # before any work: a missing peer is named at once
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=4)

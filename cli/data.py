@@ -19,9 +19,14 @@ app.add_typer(data_app, name="data")
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from iceburg_mlx.cli import ui
 
-    return Console(stderr=stderr, highlight=False, markup=False, soft_wrap=True)
+    return ui.console(stderr=stderr, highlight=False, markup=False, soft_wrap=True)
+
+
+def _left_out(shown: int, total: int, what: str, hint: str) -> str | None:
+    """The line saying a listing stopped short, or None when it showed everything."""
+    return f"... {total - shown} more {what} not shown ({hint})" if total > shown else None
 
 
 def _dedup_options(threshold: float, k: int, unit: str, num_perm: int):
@@ -87,7 +92,7 @@ def dedup_cmd(
     num_perm: int = PermOpt,
     report: Optional[Path] = typer.Option(None, help="Write all removed clusters as JSON here."),
     workers: int = typer.Option(0, "--workers", help="Processes that parse and sketch (0: in-process)."),
-    show: int = typer.Option(10, help="Clusters to print."),
+    show: int = typer.Option(10, help="Clusters to print (the largest first)."),
 ) -> None:
     """Remove exact and near duplicates (MinHash LSH) across all files; first occurrence kept."""
     from dataclasses import asdict
@@ -101,6 +106,10 @@ def dedup_cmd(
         sims = ", ".join(f"{r} ({s:.2f})" for r, s in zip(c.removed[:5], c.similarity[:5]))
         more = f" +{len(c.removed) - 5} more" if len(c.removed) > 5 else ""
         con.print(f"kept {c.keep}; removed {sims}{more}")
+    rest = _left_out(min(show, len(rep.clusters)), len(rep.clusters), "clusters",
+                     "--show N prints more; --report FILE writes them all")
+    if rest:
+        con.print(rest)
     if report:
         write_json(report, {**{k: v for k, v in asdict(rep).items() if k != "clusters"},
                             "clusters": [asdict(c) for c in rep.clusters]})
@@ -180,6 +189,9 @@ def templates_cmd(
     con = _console()
     for c in rep.clusters[:show]:
         con.print(f"x{c.size}: {c.skeleton}")
+    rest = _left_out(min(show, len(rep.clusters)), len(rep.clusters), "skeletons", "--show N prints more")
+    if rest:
+        con.print(rest)
     con.print(f"{rep.in_templates}/{rep.records} records ({rep.fraction:.1%}) in {len(rep.clusters)} template clusters")
 
 

@@ -14,15 +14,16 @@ def fuse(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model: name, path, Hub repo id or Ollama tag (default: smollm2-135m-instruct)."),
     out: str = typer.Option("fused", "--out", "-o", help="Output directory."),
     to_gguf: bool = typer.Option(False, "--to-gguf", help="Write a GGUF file and an Ollama Modelfile instead of a Hugging Face directory."),
-    quant: str = typer.Option("f16", "--quant", "-q", help="GGUF type: f16, bf16, q8_0, q4_0, q4_1, q4_k_m, q6_k (f32 too)."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="GGUF type with --to-gguf: f16 (default), bf16, q8_0, q4_0, q4_1, q4_k_m, q6_k (f32 too)."),
     dequantize: bool = typer.Option(False, "--dequantize", help="Write a quantized base as dense weights (HF output)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Output name (default: the adapter's or the model's)."),
-    system: Optional[str] = typer.Option(None, "--system", "-s", help="The role's system prompt for the Modelfile SYSTEM."),
+    name: Optional[str] = typer.Option(None, "--name", help="Output and Ollama model name (default: iceburg-<role> for a role adapter, else the model's)."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="Modelfile SYSTEM (default: the system prompt the adapter was trained with; '' for none)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Modelfile sampling default."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Modelfile sampling default."),
     imatrix: bool = typer.Option(True, "--imatrix/--no-imatrix", help="Quantize GGUF with an importance matrix from calibration text (--no-imatrix: llama.cpp's reference quantizers)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration text for --imatrix: .jsonl (chat or text records), .txt, or a directory of */train.jsonl (default: the shipped data/)."),
     calibration_tokens: int = typer.Option(2048, "--calibration-tokens", help="Calibration tokens for --imatrix."),
+    force: bool = typer.Option(False, "--force", help="Fuse an adapter trained on another base (a warning instead of an error)."),
 ) -> None:
     """Fuse an adapter into its base model and export it (HF safetensors, or GGUF for llama.cpp/Ollama)."""
     from rich.console import Console
@@ -38,11 +39,18 @@ def fuse(
     from iceburg_mlx.export import fuse as run_fuse
     from iceburg_mlx.export.mix import preset
 
+    from iceburg_mlx.errors import ConfigError
+
+    if quant is not None and not to_gguf:
+        raise ConfigError(f"--quant {quant} applies to GGUF output: add --to-gguf (a Hugging Face directory "
+                          "keeps the base's own weights; --dequantize writes them dense)")
+    quant = quant or "f16"
     if to_gguf:
         preset(quant)  # an unknown type fails before the model is loaded
     opts = FuseOptions(out=out, model=model, adapter=adapter, to_gguf=to_gguf, quant=quant,
                        dequantize=dequantize, name=name, system=system, temperature=temperature, top_p=top_p,
-                       imatrix=imatrix, calibration=calibration, calibration_tokens=calibration_tokens)
+                       imatrix=imatrix, calibration=calibration, calibration_tokens=calibration_tokens,
+                       force=force)
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:

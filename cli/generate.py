@@ -10,18 +10,25 @@ import typer
 from iceburg_mlx.cli.main import app
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Model: name, path, Hub repo id or Ollama tag (default: smollm2-135m-instruct).")
-AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter directory to apply.")
+AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter to apply: registry name (oracle, oracle@3) or directory.")
+ForceOpt = typer.Option(False, "--force", help="Load an adapter trained on another base (a warning instead of an error).")
 SystemOpt = typer.Option(None, "--system", "-s",
                          help="System prompt (default with --adapter: the one it was trained with; '' for none).")
 
 
-def _load(model: Optional[str], adapter: Optional[str]):
-    from rich.console import Console
-
+def _load(model: Optional[str], adapter: Optional[str], force: bool = False):
+    from iceburg_mlx.cli import ui
     from iceburg_mlx.models import load_model
 
-    with Console(stderr=True).status("loading model...", spinner="dots"):
-        return load_model(model, adapter=adapter)
+    err = ui.console(stderr=True)
+    if err.is_terminal:
+        with err.status("loading model...", spinner="dots"):
+            loaded = load_model(model, adapter=adapter, force=force)
+    else:
+        loaded = load_model(model, adapter=adapter, force=force)
+    for w in loaded.info.get("warnings", []):
+        err.print(f"warning: {w}", markup=False, highlight=False)
+    return loaded
 
 
 def _system(system: Optional[str], adapter: Optional[str]) -> Optional[str]:
@@ -52,6 +59,7 @@ def generate(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
     seed: Optional[int] = typer.Option(None, "--seed", help="PRNG seed for sampling."),
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as-is, without the chat template."),
+    force: bool = ForceOpt,
 ) -> None:
     """Answer one prompt: the answer alone on stdout, statistics on stderr."""
     from iceburg_mlx.generation import chat_prompt, stream, GenerationStats
@@ -60,7 +68,7 @@ def generate(
     if prompt == "-":
         prompt = sys.stdin.read()
     params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed).validate()
-    loaded = _load(model, adapter)
+    loaded = _load(model, adapter, force)
     system = _system(system, adapter)
     tok = loaded.tokenizer
     if raw:
@@ -89,13 +97,14 @@ def chat(
     top_p: float = typer.Option(1.0, "--top-p"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     stats: bool = typer.Option(False, "--stats", help="Print speed after each answer."),
+    force: bool = ForceOpt,
 ) -> None:
     """Multi-turn streaming chat; the KV cache is kept across turns."""
     from iceburg_mlx.chat import ChatSession
     from iceburg_mlx.sampling import SamplingParams
 
     params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed).validate()
-    loaded = _load(model, adapter)
+    loaded = _load(model, adapter, force)
     system = _system(system, adapter)
     if system and adapter:
         typer.echo("(system prompt from the adapter's recipe; --system to change)", err=True)
@@ -107,9 +116,12 @@ def chat(
     while True:
         try:
             line = input(">>> " if interactive else "")
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:   # Ctrl-D or the end of piped input: a normal end
             typer.echo("", err=True)
             break
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: interrupted, as everywhere else
+            typer.echo("", err=True)
+            raise typer.Exit(130) from None
         text = line.strip()
         if not text:
             continue

@@ -17,6 +17,21 @@ app = typer.Typer(
 )
 
 
+PROG = "iceburg-mlx"
+
+
+def reexec_argv(args: list[str]) -> list[str]:
+    """The command line that re-runs this program with `args`: the same interpreter and the same
+    `iceburg_mlx` package as this process (its directory first on sys.path), never whatever
+    `iceburg_mlx/` the working directory holds (`python -m` would put the working directory first)."""
+    import iceburg_mlx
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(iceburg_mlx.__file__)))
+    code = (f"import sys; sys.path[0] = {root!r}; sys.argv[0] = {PROG!r}; "
+            "from iceburg_mlx.cli.main import run; run()")
+    return [sys.executable, "-c", code, *args]
+
+
 def _reexec_with_malloc_tuning() -> None:
     """glibc malloc settings only apply at process start: re-exec once with them set."""
     if os.environ.get("_ICEBURG_MLX_REEXEC") == "1":
@@ -30,24 +45,36 @@ def _reexec_with_malloc_tuning() -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "iceburg_mlx.cli", *sys.argv[1:]], env)
+        os.execve(sys.executable, reexec_argv(sys.argv[1:]), env)
     except OSError:
         return
 
 
-def run() -> None:
-    """Console-script entry: typed library errors become one line and exit code 2."""
-    _reexec_with_malloc_tuning()
+def main(argv: list[str] | None = None) -> int:
+    """Run one command line and return its exit code: typed library errors become one line on
+    stderr and their exit code (2), usage errors click's message and 2, Ctrl-C 130."""
     from iceburg_mlx.errors import IceburgError
 
     try:
-        app(standalone_mode=True)
+        rv = app(args=argv, prog_name=PROG, standalone_mode=False)
     except IceburgError as e:
         typer.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+        return e.exit_code
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.TyperException as e:  # click's usage errors (typer vendors click): its message, exit 2
+        e.show()
+        return getattr(e, "exit_code", 2)
+    return rv if isinstance(rv, int) else 0
+
+
+def run() -> None:
+    """Console-script entry."""
+    _reexec_with_malloc_tuning()
+    sys.exit(main())
 
 
 # Command modules register themselves on `app` when imported (one module per command group).

@@ -28,13 +28,15 @@ def serve(
     max_tokens: int = typer.Option(2048, "--max-tokens-limit", help="Largest max_tokens a request may ask for."),
     max_body: int = typer.Option(1 << 20, "--max-body-bytes", help="Largest request body."),
     no_router: bool = typer.Option(False, "--no-router", help="Do not offer iceburg-auto even if a router is trained."),
+    role_prompts: bool = typer.Option(True, "--role-prompts/--no-role-prompts", help="A chat request to iceburg-<role> with no system message gets the system prompt the adapter was trained with."),
+    force: bool = typer.Option(False, "--force", help="Serve adapters trained on another base (a warning instead of an error)."),
 ) -> None:
     """Serve an OpenAI-compatible API: one base in memory, each role's adapter side by side, batched decoding."""
     import logging
 
     from iceburg_mlx.errors import ConfigError
     from iceburg_mlx.serve.protocol import Limits
-    from iceburg_mlx.serve.runner import is_loopback, serve_forever
+    from iceburg_mlx.serve.runner import bind, is_loopback, serve_forever
     from iceburg_mlx.serve.state import load_state
 
     if adapters and all_roles:
@@ -53,14 +55,19 @@ def serve(
     names = [a for a in adapters.split(",") if a.strip()] if adapters else None
     limits = Limits(max_body_bytes=max_body, max_tokens=max_tokens,
                     default_max_tokens=min(256, max_tokens))
-    state = load_state(model, names, adapters_dir, limits, api_key, max_batch=max_batch, use_router=not no_router)
+    sock = bind(host, port)  # a port in use fails now, not after the model load
+    state = load_state(model, names, adapters_dir, limits, api_key, max_batch=max_batch, use_router=not no_router,
+                       force=force, role_prompts=role_prompts)
     ids = [c["id"] for c in state.model_cards()]
     typer.echo(f"serving on http://{host}:{port}/v1 : {', '.join(ids)}", err=True)
     if state.router is not None:
-        acc = state.router.info.get("heldout_accuracy")
-        typer.echo(f"iceburg-auto routes among {', '.join(state.router_roles())}"
-                   + (f" (held-out accuracy {acc:.0%})" if acc is not None else ""), err=True)
-    serve_forever(state, host, port)
+        served = state.router_roles()
+        acc = state.router.accuracy_among(served)
+        typer.echo(f"iceburg-auto routes among {', '.join(served)}"
+                   + (f" (held-out accuracy among them {acc:.0%})" if acc is not None
+                      else " (no held-out accuracy recorded for these roles: retrain with `router train`)"),
+                   err=True)
+    serve_forever(state, sock)
 
 
 @router_app.command("train")

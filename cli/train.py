@@ -15,7 +15,7 @@ SetOpt = typer.Option(None, "--set", help="Override a recipe key: section.key=va
 
 @app.command()
 def train(
-    recipe: str = typer.Argument(..., help="Recipe file or name in recipes/ (e.g. recipes/oracle.yaml, oracle)."),
+    recipe: Optional[str] = typer.Argument(None, help="Recipe file or name in recipes/ (e.g. recipes/oracle.yaml, oracle); with --resume, the run's own recipe by default."),
     set_: Optional[List[str]] = SetOpt,
     adapters_dir: Optional[Path] = typer.Option(None, "--adapters-dir", help="Registry root (default: ./adapters)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories go."),
@@ -26,19 +26,20 @@ def train(
     if hosts is not None:
         _launch(hosts, sys.argv[1:])
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+    from iceburg_mlx.cli import ui
+    from iceburg_mlx.errors import ConfigError
     from iceburg_mlx.train.config import load_recipe, resolve_recipe_path
     from iceburg_mlx.train.run import TrainOptions, train_from_recipe
 
-    err = Console(stderr=True)
+    if recipe is None:
+        if resume is None:
+            raise ConfigError("give a recipe (e.g. recipes/oracle.yaml), or --resume RUN_DIR")
+        recipe = str(resume / "recipe.yaml")
+    err = ui.console(stderr=True)
     rec = load_recipe(recipe, list(set_ or []))
     path = resolve_recipe_path(recipe)
     rank0 = _rank() == 0
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=err, disable=not rank0)
+    progress = ui.progress(err, "steps", disable=not rank0)
     task = progress.add_task(rec.role.name or "train", total=rec.train.steps or None, stats="")
 
     def on_step(info):
@@ -53,8 +54,15 @@ def train(
     def on_eval(step, v):
         progress.console.print(f"step {step}: validation loss {v:.4f}")
 
+    prep: dict = {}
+
+    def on_progress(stage, done, total):  # preparation work before the first step (DPO's reference pass)
+        if stage not in prep:
+            prep[stage] = progress.add_task(stage, total=total, stats="")
+        progress.update(prep[stage], completed=done, total=total)
+
     opts = TrainOptions(adapters_dir=adapters_dir, runs_dir=runs_dir, resume=resume, recipe_path=path,
-                        on_step=on_step, on_eval=on_eval,
+                        on_step=on_step, on_eval=on_eval, on_progress=on_progress,
                         on_event=(lambda m: progress.console.print(m)) if rank0 else None)
     with progress:
         res = train_from_recipe(rec, opts)

@@ -69,6 +69,8 @@ class ChatSession:
                 parts.append(piece.text)
                 yield piece
         finally:  # also on Ctrl-C or an abandoned generator: keep the session consistent
+            if stats.finish_reason is None:
+                stats.finish_reason = "interrupted"
             held = self.cache[0].offset if self.cache else 0
             self.cache_tokens = (ids + generated)[:held]
             self.messages.append({"role": "assistant", "content": "".join(parts)})

@@ -239,19 +239,25 @@ def chat_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = T
 
 
 def generate_many(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                  max_batch: int = 32) -> list[Generation]:
+                  max_batch: int = 32, on_done: Callable[[int], None] | None = None) -> list[Generation]:
     """Generate for several prompts (same parameters), decoding up to `max_batch` of them together.
 
     Seeded runs give each prompt seed + index. Each result is what `generate` gives for that
     prompt alone (the same tokens for greedy decoding). Models whose caches are not plain KV
-    caches (sliding windows, state-space layers) run one prompt after another.
+    caches (sliding windows, state-space layers) run one prompt after another. `on_done(n)` is
+    called each time a prompt finishes, with the number finished so far.
     """
     from dataclasses import replace
 
     per_prompt = [params if params.seed is None else replace(params, seed=params.seed + i)
                   for i in range(len(prompts))]
     if not batchable(model):
-        return [generate(model, tokenizer, ids, p) for ids, p in zip(prompts, per_prompt)]
+        out = []
+        for ids, p in zip(prompts, per_prompt):
+            out.append(generate(model, tokenizer, ids, p))
+            if on_done:
+                on_done(len(out))
+        return out
     mx.reset_peak_memory()
     gen = BatchGenerator(model, tokenizer, max_batch=max_batch)
     uids = [gen.insert(ids, p) for ids, p in zip(prompts, per_prompt)]
@@ -265,6 +271,8 @@ def generate_many(model, tokenizer, prompts: Sequence[Sequence[int]], params: Sa
                 tokens[ev.uid].append(ev.token)
             if ev.stats is not None:
                 stats[ev.uid] = ev.stats
+                if on_done:
+                    on_done(len(stats))
     return [Generation("".join(texts[u]), tokens[u], stats[u]) for u in uids]
 
 

@@ -96,7 +96,10 @@ def test_crlf_bom_blank_lines_and_huge_line(tmp_path):
     p.write_bytes(b"\xef\xbb\xbf" + json.dumps(chat(U, A)).encode() + b"\r\n\r\n" + huge.encode() + b"\r\n" + b"x" * 20_000_000)
     rep = validate_file(p, template_threshold=None)
     assert rep.records == 3
-    assert [(x.line, x.reason[:8]) for x in rep.problems] == [(4, "bad JSON")]
+    # the ~20 MB answer is valid but far beyond any training context: a warning with its length
+    assert [(x.line, x.severity, x.reason[:8]) for x in rep.problems] == [(3, "warning", "record i"),
+                                                                          (4, "error", "bad JSON")]
+    assert "5,000,0" in rep.problems[0].reason and "tokens" in rep.problems[0].reason
 
 
 def test_missing_file_is_one_problem(tmp_path):

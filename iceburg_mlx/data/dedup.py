@@ -21,7 +21,8 @@ import numpy as np
 
 from iceburg_mlx.data import minhash as mh
 from iceburg_mlx.data.formats import record_text
-from iceburg_mlx.data.io import atomic_writer, iter_lines, parse_line
+from iceburg_mlx.atomic import open_atomic
+from iceburg_mlx.data.io import iter_lines, parse_line
 from iceburg_mlx.errors import DataError
 
 
@@ -255,7 +256,7 @@ def dedup_files(
             c.similarity.append(round(sim, 3))
     report.clusters = list(clusters.values())
     if out is not None:
-        with atomic_writer(out, "wb") as f:
+        with open_atomic(out, "wb") as f:
             for fi, p in enumerate(paths):
                 for n, line in iter_lines(p):
                     if (fi, n) not in removed:

@@ -4,19 +4,17 @@ Readers stream one line at a time (a 20 MB line is fine, a 20 GB file too); they
 UTF-8 byte-order mark, CRLF line ends and blank lines. `iter_jsonl` raises `DataError` naming
 `file:line` on the first bad line; `iter_lines` never raises on content and is what `validate`
 builds on. Writers go to a temporary file in the target directory and `os.replace` it into
-place, so a reader never sees half a file.
+place (`iceburg_mlx.atomic`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from iceburg_mlx.atomic import open_atomic
 from iceburg_mlx.errors import DataError
 
 BOM = b"\xef\xbb\xbf"
@@ -83,33 +81,10 @@ def dumps(record: Any) -> str:
     return s
 
 
-@contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file next to `path`; on success fsync and rename it over `path`."""
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as e:
-        raise DataError(f"{path}: cannot write ({e.strerror or e})") from e
-    try:
-        kwargs = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
     """Atomically write records as JSONL; returns the number written."""
     n = 0
-    with atomic_writer(path) as f:
+    with open_atomic(path) as f:
         for rec in records:
             f.write(dumps(rec))
             f.write("\n")
@@ -119,6 +94,6 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write one pretty-printed JSON document."""
-    with atomic_writer(path) as f:
+    with open_atomic(path) as f:
         f.write(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
         f.write("\n")

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from iceburg_mlx.data.formats import assistant_text
-from iceburg_mlx.data.io import atomic_writer, dumps, iter_jsonl
+from iceburg_mlx.atomic import open_atomic
+from iceburg_mlx.data.io import dumps, iter_jsonl
 from iceburg_mlx.errors import ConfigError, DataError
 
 WORD_RE = re.compile(r"[A-Za-z0-9']+")
@@ -163,7 +164,7 @@ def score_file(path: str | os.PathLike, out: str | os.PathLike, role: str | None
         raise ConfigError(f"unknown role {role!r}; supported: {', '.join(ROLE_RULES)}")
     rep = ScoreReport()
     total = 0.0
-    with atomic_writer(out) as f:
+    with open_atomic(out) as f:
         for n, rec in iter_jsonl(path):
             try:
                 s, feats = score_record(rec, role)

@@ -16,7 +16,8 @@ import numpy as np
 
 from iceburg_mlx.data.dedup import DedupOptions, cluster_ids
 from iceburg_mlx.data.formats import record_text
-from iceburg_mlx.data.io import atomic_writer, iter_jsonl, iter_lines
+from iceburg_mlx.atomic import open_atomic
+from iceburg_mlx.data.io import iter_jsonl, iter_lines
 from iceburg_mlx.errors import ConfigError
 
 SPLITS = ("train", "valid", "test")
@@ -67,7 +68,7 @@ def split_file(path: str | os.PathLike, out_dir: str | os.PathLike, options: Spl
     files = {s: str(out / f"{s}.jsonl") for s in names}
     counts = dict.fromkeys(names, 0)
     with contextlib.ExitStack() as stack:
-        handles = {s: stack.enter_context(atomic_writer(files[s], "wb")) for s in names}
+        handles = {s: stack.enter_context(open_atomic(files[s], "wb")) for s in names}
         for i, (_, line) in enumerate(iter_lines(path)):
             s = SPLITS[codes[i]]
             handles[s].write(line)

@@ -28,6 +28,8 @@ TEMPLATE_TOKEN_RE = re.compile(
     r"|system|user|assistant|end|fim_\w+)\|>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>"
 )
 SCORE_FIELDS = ("quality_score", "emergence_score")
+CHARS_PER_TOKEN = 4          # the estimate behind a record's length in tokens when no tokenizer is given
+LONG_RECORD_TOKENS = 32768   # a record past this is far beyond any sensible training context: a warning
 
 
 @dataclass
@@ -157,16 +159,33 @@ def validate_record(record: Any) -> list[str]:
     return out
 
 
+def _strings(rec: Any) -> Iterable[str]:
+    """Every string a record holds (contents, prompt, answers, ids), depth first."""
+    if isinstance(rec, str):
+        yield rec
+    elif isinstance(rec, dict):
+        for v in rec.values():
+            yield from _strings(v)
+    elif isinstance(rec, list):
+        for v in rec:
+            yield from _strings(v)
+
+
 def validate_file(
     path: str | Path,
     seen_ids: dict[Any, str] | None = None,
     template_threshold: float = 0.3,
     template_sample: int = 5000,
     max_problems: int = 1000,
+    count_tokens=None,
+    long_tokens: int = LONG_RECORD_TOKENS,
 ) -> ValidationReport:
     """Validate one JSONL file; never raises on its content (an unreadable file is one problem).
 
     `seen_ids` (id -> "file:line") may be shared between calls to find duplicates across files.
+    A file with no records is an error. A record longer than `long_tokens` tokens is a warning
+    with its length: counted by `count_tokens(text)` when given (a tokenizer), else estimated at
+    CHARS_PER_TOKEN characters per token.
     """
     report = ValidationReport(str(path), max_problems=max_problems)
     ids = {} if seen_ids is None else seen_ids
@@ -182,6 +201,13 @@ def validate_file(
                 continue
             for reason in validate_record(rec):
                 report.add(n, reason)
+            chars = sum(map(len, _strings(rec)))
+            if chars > long_tokens * CHARS_PER_TOKEN // 2:  # only then is it worth counting
+                n_tok = count_tokens("\n".join(_strings(rec))) if count_tokens else chars // CHARS_PER_TOKEN
+                if n_tok > long_tokens:
+                    how = "" if count_tokens else f" (estimated at {CHARS_PER_TOKEN} characters per token)"
+                    report.add(n, f"record is {n_tok:,} tokens long{how}, far beyond any training context "
+                                  f"(over {long_tokens:,}): it would be truncated or dropped", severity="warning")
             try:
                 report.formats[formats.detect_format(rec)] += 1
             except DataError:
@@ -200,6 +226,8 @@ def validate_file(
                     sample[j] = formats.assistant_text(rec)
     except (DataError, OSError) as e:
         report.add(0, str(e))
+    if report.records == 0 and not report.problems:
+        report.add(0, "no records (the file is empty)")
     if template_threshold is not None and len(sample) >= 4:
         from iceburg_mlx.data.templates import template_report
 
@@ -219,3 +247,27 @@ def validate_files(paths: Iterable[str | Path], **kwargs: Any) -> list[Validatio
     """Validate several files, sharing the duplicate-id table between them."""
     seen: dict[Any, str] = {}
     return [validate_file(p, seen_ids=seen, **kwargs) for p in paths]
+
+
+def check_training_file(path: str | Path, key: str, skip_invalid: bool = False, count_tokens=None,
+                        shown: int = 5) -> tuple[set[int], list[str]]:
+    """Validate a training or preference file before any compute (the same checks as `data validate`).
+
+    Returns (line numbers to skip, notes for the user). Errors raise DataError with up to `shown`
+    `file:line: reason` lines, unless `skip_invalid`, which returns those lines to skip and a note
+    counting them (an error of the file as a whole, such as no records, always raises). Warnings
+    (a template-heavy file, a record far beyond any context) come back as notes."""
+    report = validate_file(path, count_tokens=count_tokens)
+    errors = [p for p in report.problems if p.severity == "error"]
+    notes = [f"{key}: {p}" for p in report.problems if p.severity == "warning"]
+    whole = [p for p in errors if p.line == 0]
+    if errors and (whole or not skip_invalid):
+        more = report.errors - min(len(errors), shown)
+        lines = [str(p) for p in (whole or errors)[:shown]]
+        tail = (f"\n... and {more} more (`iceburg-mlx data validate {path}` lists them all)" if more > 0 else "")
+        fix = "" if whole else "\nfix them, or set data.skip_invalid: true to train on the valid records only"
+        raise DataError(f"{key}: {path} fails validation:\n" + "\n".join(lines) + tail + fix)
+    bad = {p.line for p in errors}
+    if bad:
+        notes.append(f"{key}: skipping {len(bad)} invalid records of {report.records} (data.skip_invalid)")
+    return bad, notes

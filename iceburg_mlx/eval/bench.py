@@ -155,15 +155,18 @@ def eval_params(seed: int = 0, max_tokens: int = 256) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=seed).validate()
 
 
-def run_bench(model, tokenizer, items: Sequence[BenchItem], params: SamplingParams) -> BenchResult:
-    """Answer every item (one `generate_many` call) and check each answer with the bench's checker."""
+def run_bench(model, tokenizer, items: Sequence[BenchItem], params: SamplingParams,
+              on_done: Callable[[int], None] | None = None) -> BenchResult:
+    """Answer every item (one `generate_many` call) and check each answer with the bench's checker;
+    `on_done(n)` as each answer finishes."""
     from iceburg_mlx.generation import chat_prompt, generate_many
 
     if not items:
         raise ConfigError("run_bench needs at least one item")
     bench = items[0].bench
     checker = get_checker(bench)
-    gens = generate_many(model, tokenizer, [chat_prompt(tokenizer, it.prompt) for it in items], params)
+    gens = generate_many(model, tokenizer, [chat_prompt(tokenizer, it.prompt) for it in items], params,
+                         on_done=on_done)
     results = []
     for it, g in zip(items, gens):
         r = checker(g.text, it.expect)
@@ -233,22 +236,25 @@ def evaluate(model, tokenizer, items: dict[str, list[BenchItem]], params: Sampli
     """Run each bench, then perplexity, then the contamination probe.
 
     Perplexity is taken on `conversations` (held-out chats) when given, else on the items'
-    reference answers; it is skipped when there are none.
+    reference answers; it is skipped when there are none. `progress(stage, done, total)` counts
+    answered items, plus one unit each for perplexity and the probe.
     """
     from iceburg_mlx.eval.perplexity import perplexity as ppl
 
-    total = len(items) + int(perplexity) + int(contamination)
+    total = sum(len(its) for its in items.values()) + int(perplexity) + int(contamination)
     done = 0
 
-    def step(stage: str) -> None:
+    def step(stage: str, at: int | None = None) -> None:
         if progress is not None:
-            progress(stage, done, total)
+            progress(stage, done if at is None else at, total)
 
     results = {}
     for bench, its in items.items():
-        step(f"{label}: {bench} ({len(its)} items)")
-        results[bench] = run_bench(model, tokenizer, its, params)
-        done += 1
+        stage = f"{label}: {bench}"
+        step(stage)
+        results[bench] = run_bench(model, tokenizer, its, params,
+                                   on_done=lambda k, s=stage, d=done: step(s, d + k))
+        done += len(its)
     out = ModelEval(label, results)
     convs = list(conversations) if conversations is not None else [
         c for its in items.values() for c in (it.conversation() for it in its) if c is not None]

@@ -114,10 +114,12 @@ def plot_scores(record: dict[str, Any], path: str | Path) -> Path | None:
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(sides), frameon=False)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    from iceburg_mlx.atomic import write_with
+
+    try:
+        write_with(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -174,7 +176,7 @@ def render_markdown(record: dict[str, Any], chart: str | None = None) -> str:
 
 def write_report(out_dir: str | Path, record: dict[str, Any]) -> dict[str, Path]:
     """eval.json, scores.png (if matplotlib) and report.md into `out_dir`; returns their paths."""
-    from iceburg_mlx.data.io import atomic_writer
+    from iceburg_mlx.atomic import open_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,7 +184,7 @@ def write_report(out_dir: str | Path, record: dict[str, Any]) -> dict[str, Path]
     chart = plot_scores(record, out / CHART_PNG)
     if chart is not None:
         paths["chart"] = chart
-    with atomic_writer(out / REPORT_MD) as f:
+    with open_atomic(out / REPORT_MD) as f:
         f.write(render_markdown(record, CHART_PNG if chart is not None else None))
     paths["report"] = out / REPORT_MD
     return paths

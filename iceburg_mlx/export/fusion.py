@@ -35,7 +35,7 @@ from gguf import GGUFValueType as V
 from iceburg_mlx.errors import ExportError
 from iceburg_mlx.export import imatrix as imatrix_mod
 from iceburg_mlx.export import mix
-from iceburg_mlx.export.atomic import write_json, write_text
+from iceburg_mlx.atomic import WriteError, check_writable, ensure_dir, write_json, write_text
 from iceburg_mlx.export.gguf_export import GGUFResult, write_gguf
 from iceburg_mlx.hashing import sha256_file, weights_sha256
 from iceburg_mlx.export.gguf_vocab import (
@@ -60,13 +60,14 @@ class FuseOptions:
     to_gguf: bool = False
     quant: str = "f16"                  # GGUF preset (mix.PRESETS)
     dequantize: bool = False            # leave a quantized base dense in the HF output
-    name: str | None = None             # output base name (default: from the adapter or the model)
-    system: str | None = None           # Modelfile SYSTEM (the role's prompt)
+    name: str | None = None             # output base name (default: iceburg-<role>, or from the model)
+    system: str | None = None           # Modelfile SYSTEM (default: the adapter's training prompt; "" none)
     temperature: float | None = None    # Modelfile sampling defaults
     top_p: float | None = None
     imatrix: bool = True                # importance-weighted quantization (quantized GGUF presets)
     calibration: str | None = None      # its text: .jsonl/.txt/dir (default: the shipped data/)
     calibration_tokens: int = imatrix_mod.DEFAULT_TOKENS
+    force: bool = False                 # fuse an adapter trained on another base (a warning, not an error)
 
 
 @dataclass
@@ -109,9 +110,13 @@ def _compute_for(opts: FuseOptions, preset: mix.Preset | None) -> str:
     return "quantized" if keep and not opts.dequantize else "float32"
 
 
-def _base_name(opts: FuseOptions, loaded, adapter_path: Path | None) -> str:
+def _base_name(opts: FuseOptions, loaded, adapter_path: Path | None, role: dict) -> str:
+    """--name; else `iceburg-<role>` for a role adapter (its recipe's role.name), the adapter
+    directory's name for another adapter, the base file's stem without its quant type for none."""
     if opts.name:
         return opts.name
+    if role.get("name"):
+        return f"iceburg-{role['name']}"
     if adapter_path is not None:
         return adapter_path.name
     stem = Path(loaded.source.path).stem if loaded.source.path else loaded.source.spec
@@ -191,14 +196,16 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
     from iceburg_mlx.models import load_model
 
     preset = mix.preset(opts.quant) if opts.to_gguf else None
-    adapter_path = None
+    adapter_path, role = None, {}
     if opts.adapter:
-        from iceburg_mlx.adapters import resolve_adapter_path
+        from iceburg_mlx.adapters import adapter_role, resolve_adapter_path
 
         adapter_path = resolve_adapter_path(opts.adapter)
-    out = Path(opts.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a directory")
+        role = adapter_role(str(adapter_path))
+    try:
+        out = check_writable(opts.out)   # before minutes of loading and quantizing
+    except WriteError as e:
+        raise ExportError(f"--out {e}") from None
     if opts.calibration_tokens < 1:   # bad calibration options fail before the model loads
         raise ExportError(f"--calibration-tokens must be positive, got {opts.calibration_tokens}")
     if opts.calibration is not None and not Path(opts.calibration).expanduser().exists():
@@ -207,15 +214,20 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
     if opts.to_gguf:
         gguf_arch(loaded.config)  # fail before anything is written
     n_fused = 0
+    notes: list[str] = []
     if adapter_path is not None:
+        from iceburg_mlx.adapters import check_base
         from iceburg_mlx.train.lora import fuse_model, load_adapters
 
+        warning = check_base(adapter_path, loaded.source.spec, loaded.source.path, opts.adapter, opts.force,
+                             loaded.model)
+        if warning:
+            notes.append(warning)
         load_adapters(loaded.model, adapter_path)
         # for GGUF the adapted layers stay dense and are quantized once, by the exporter; in the
         # q4_1 preset the layers no adapter touches keep their Q4_1 / Q8_0 blocks as they are
         n_fused = fuse_model(loaded.model, dequantize=opts.dequantize or opts.to_gguf)
         loaded.model.eval()
-    notes: list[str] = []
     importance, imx = {}, None
     if _uses_importance(opts, preset, n_fused > 0):
         importance, imx = _importance(loaded, opts, notes)
@@ -231,9 +243,13 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
     }
     if opts.to_gguf:
         prov["imatrix"] = imx
-    name = _base_name(opts, loaded, adapter_path)
+    name = _base_name(opts, loaded, adapter_path, role)
+    system = opts.system if opts.system is not None else role.get("system_prompt")
+    if system is not None and not (isinstance(system, str) and system.strip()):
+        system = None
+    prov.update({"name": name, "role": role.get("name"), "system_prompt": system})
     result = FuseResult(out=out, format=prov["format"], provenance=prov, n_fused=n_fused, notes=notes)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     if opts.to_gguf:
         vocab = _vocab(loaded)
         file = out / f"{name}.{preset.name.upper()}.gguf"
@@ -247,7 +263,7 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
         tok = loaded.tokenizer._tokenizer
         temp, top_p = _sampling_defaults(loaded, opts)
         mf = build_modelfile(file.name, template, bos=tok.bos_token or "", eos=tok.eos_token or "",
-                             system=opts.system, temperature=temp, top_p=top_p,
+                             system=system, temperature=temp, top_p=top_p,
                              comment=f"iceburg-mlx fuse: {prov['base']['spec']}"
                              + (f" + {opts.adapter}" if opts.adapter else "") + f" ({preset.name})")
         write_text(out / "Modelfile", mf.text)

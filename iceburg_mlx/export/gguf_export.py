@@ -9,9 +9,7 @@ place only when complete; on any error the partial file is removed.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from gguf import GGML_QUANT_VERSION, GGUFWriter, RopeScalingType
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import quant_shape_to_byte_shape
 
+from iceburg_mlx.atomic import atomic_path
 from iceburg_mlx.errors import ExportError
 from iceburg_mlx.export import mix, quants
 from iceburg_mlx.export.gguf_vocab import KV
@@ -134,45 +133,37 @@ def write_gguf(model, config: dict, path: str | os.PathLike, quant: str, vocab: 
     types, lossless = _choose_types(p, tensors, n_layers)
     n_vocab = next(t.shape[0] for t in tensors if t.name == "token_embd.weight")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    w = GGUFWriter(tmp, arch)
-    try:
-        w.add_name(name or config.get("_name_or_path") or arch)
-        w.add_file_type(int(p.file_type))
-        if any(q not in (Q.F32, Q.F16, Q.BF16) for q in types.values()):
-            w.add_quantization_version(GGML_QUANT_VERSION)
-        _hparams(w, config, n_vocab)
-        for method, value in rope_calls:
-            getattr(w, method)(value)
-        for kv in (*vocab, *extra):
-            w.add_key_value(kv.key, kv.value, kv.vtype, kv.sub_type)
-        if rope_freqs is not None:
-            _declare(w, "rope_freqs.weight", rope_freqs.shape, Q.F32)
-        for t in tensors:
-            _declare(w, t.name, t.shape, types[t.name])
-        w.write_header_to_file(tmp)
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        if rope_freqs is not None:
-            w.write_tensor_data(rope_freqs)
-        for i, t in enumerate(tensors):
-            w.write_tensor_data(_encode(t, types[t.name], t.name in lossless, importance.get(t.name)))
-            if progress:
-                progress(t.name, i + 1, len(tensors))
-        w.flush()
-        assert w.fout is not None
-        for f in w.fout:
-            os.fsync(f.fileno())
-        w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        w.close()
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_path(path) as tmp:
+        w = GGUFWriter(tmp, arch)
+        try:
+            w.add_name(name or config.get("_name_or_path") or arch)
+            w.add_file_type(int(p.file_type))
+            if any(q not in (Q.F32, Q.F16, Q.BF16) for q in types.values()):
+                w.add_quantization_version(GGML_QUANT_VERSION)
+            _hparams(w, config, n_vocab)
+            for method, value in rope_calls:
+                getattr(w, method)(value)
+            for kv in (*vocab, *extra):
+                w.add_key_value(kv.key, kv.value, kv.vtype, kv.sub_type)
+            if rope_freqs is not None:
+                _declare(w, "rope_freqs.weight", rope_freqs.shape, Q.F32)
+            for t in tensors:
+                _declare(w, t.name, t.shape, types[t.name])
+            w.write_header_to_file(tmp)
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            if rope_freqs is not None:
+                w.write_tensor_data(rope_freqs)
+            for i, t in enumerate(tensors):
+                w.write_tensor_data(_encode(t, types[t.name], t.name in lossless, importance.get(t.name)))
+                if progress:
+                    progress(t.name, i + 1, len(tensors))
+            w.flush()
+            assert w.fout is not None
+            for f in w.fout:
+                os.fsync(f.fileno())
+        finally:
+            w.close()
     return GGUFResult(path=path, preset=p.name, types={n: q.name for n, q in types.items()},
                       lossless=sorted(lossless), sha256=sha256_file(path), n_bytes=path.stat().st_size,
                       seconds=time.perf_counter() - t0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iceburg_mlx.errors import ExportError
-from iceburg_mlx.export.atomic import atomic_path, write_json, write_with
+from iceburg_mlx.atomic import atomic_path, write_json, write_with
 
 MAX_SHARD_BYTES = 5 << 30
 INDEX = "model.safetensors.index.json"

@@ -36,9 +36,16 @@ def _model_classes(config: dict):
     return mod.Model, mod.ModelArgs
 
 
-def build_model(config: dict):
+def build_model(config: dict, where: str = "config.json"):
+    """The mlx-lm model for `config`; a config that lacks fields the architecture needs (or holds
+    values it cannot use) is an UnsupportedModelError naming `where`, not a TypeError."""
     Model, Args = _model_classes(config)
-    return Model(Args.from_dict(config))
+    try:
+        return Model(Args.from_dict(config))
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, ZeroDivisionError) as e:
+        msg = str(e).replace("__init__() ", "")
+        raise UnsupportedModelError(
+            f"{where}: not a usable '{config.get('model_type')}' config for mlx-lm ({msg})") from None
 
 
 def _quantize_layers(model, weights: dict, group_size: int, per_layer: dict | None = None) -> None:
@@ -173,8 +180,9 @@ def _hub_snapshot(repo: str) -> Path:
 
 
 def load_model(spec: str | None = None, *, compute: str = "auto", adapter: str | None = None,
-               lazy: bool = False) -> LoadedModel:
-    """Load any supported source into mlx-lm's model classes, in the Hugging Face layout."""
+               lazy: bool = False, force: bool = False) -> LoadedModel:
+    """Load any supported source into mlx-lm's model classes, in the Hugging Face layout; with
+    `adapter`, attach it (refused when trained on another base unless `force`)."""
     import mlx.core as mx
     from mlx_lm.utils import get_total_parameters
 
@@ -188,7 +196,7 @@ def load_model(spec: str | None = None, *, compute: str = "auto", adapter: str |
         config, weights, tokenizer, info = _load_hf_dir(src.path)
         qcfg = config.get("quantization") or config.get("quantization_config") or {}
         group_size, per_layer = int(qcfg.get("group_size", 64)), qcfg
-    model = build_model(config)
+    model = build_model(config, f"{src.path}" + ("" if src.kind == "gguf" else "/config.json"))
     if hasattr(model, "sanitize"):
         weights = model.sanitize(weights)
     quantized = any(k.endswith(".scales") for k in weights)
@@ -220,7 +228,7 @@ def load_model(spec: str | None = None, *, compute: str = "auto", adapter: str |
     if adapter:
         from iceburg_mlx.adapters import attach_adapter
 
-        attach_adapter(loaded, adapter)
+        attach_adapter(loaded, adapter, force=force)
     return loaded
 
 

@@ -72,10 +72,11 @@ async def _read_json(request: Request, limit: int):
         raise P.APIError(400, f"the body is not valid JSON ({str(e)[:100]})", code="invalid_json") from None
 
 
-def _prompt_ids(state: ServerState, req: P.CompletionRequest) -> list[int]:
+def _prompt_ids(state: ServerState, req: P.CompletionRequest, target) -> list[int]:
     tok = state.tokenizer
     try:
-        ids = chat_prompt(tok, req.messages) if req.kind == "chat" else list(tok.encode(req.prompt))
+        ids = (chat_prompt(tok, target.with_system(req.messages)) if req.kind == "chat"
+               else list(tok.encode(req.prompt)))
     except Exception as e:  # a chat template that refuses the messages (e.g. role order)
         raise P.APIError(400, f"cannot apply the chat template to these messages: {str(e)[:200]}",
                          param="messages") from None
@@ -114,7 +115,7 @@ async def _complete(request: Request, kind: str):
         body = await _read_json(request, state.limits.max_body_bytes)
         req = P.parse_chat(body, state.limits) if kind == "chat" else P.parse_completion(body, state.limits)
         target = state.lookup(req.model, req.route_text())
-        ids = _prompt_ids(state, req)
+        ids = _prompt_ids(state, req, target)
     except P.APIError as e:
         return _error(e)
     loop = asyncio.get_running_loop()

@@ -96,6 +96,20 @@ class Router:
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         return _softmax(features(texts, self.dim) @ self.w + self.b)
 
+    def accuracy_among(self, roles: Sequence[str]) -> float | None:
+        """Held-out accuracy when routing only among `roles`, over the held-out prompts of those
+        roles (None when the router kept no held-out scores or none of them are of these roles)."""
+        held = self.info.get("heldout")
+        idx = [i for i, r in enumerate(self.roles) if r in roles]
+        if not held or not idx:
+            return None
+        labels, scores = np.asarray(held["labels"]), np.asarray(held["scores"])
+        keep = np.isin(labels, idx)
+        if not keep.any():
+            return None
+        pred = np.asarray(idx)[np.argmax(scores[keep][:, idx], axis=1)]
+        return float(np.mean(pred == labels[keep]))
+
     def route(self, text: str, allowed: Sequence[str] | None = None) -> tuple[str, float]:
         """(role, probability) for `text`, restricted to `allowed` roles when given."""
         p = self.probabilities([text])[0]
@@ -106,17 +120,13 @@ class Router:
         return self.roles[best], float(p[best])
 
     def save(self, directory: str | os.PathLike) -> Path:
+        from iceburg_mlx.atomic import write_json, write_with
+
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".{ROUTER_NPZ}.tmp.npz"
-        np.savez(tmp, w=self.w, b=self.b)
-        os.replace(tmp, d / ROUTER_NPZ)
+        write_with(d / ROUTER_NPZ, lambda t: np.savez(t, w=self.w, b=self.b), suffix=".npz")
         meta = {"format": FORMAT, "roles": self.roles, "dim": self.dim, "views": [list(v) for v in VIEWS],
                 **self.info}
-        tmpj = d / f".{ROUTER_JSON}.tmp"
-        tmpj.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmpj, d / ROUTER_JSON)
-        return d / ROUTER_JSON
+        return write_json(d / ROUTER_JSON, meta)
 
 
 def load_router(directory: str | os.PathLike) -> Router | None:
@@ -182,12 +192,16 @@ def train_router(data_dir: str | os.PathLike, roles: Sequence[str] | None = None
         labels += [i] * len(turns)
     x, y = features(texts, dim), np.array(labels)
     tr, te = _stratified_split(y, holdout, seed)
-    accuracy = None
+    accuracy, heldout = None, None
     if len(te):
         w, b = fit_logreg(x[tr], y[tr], len(roles), l2, steps)
-        accuracy = float(np.mean(np.argmax(x[te] @ w + b, axis=1) == y[te]))
+        scores = x[te] @ w + b
+        accuracy = float(np.mean(np.argmax(scores, axis=1) == y[te]))
+        # each held-out prompt's label and scores: accuracy among any subset of roles (a server
+        # that serves fewer roles than the router knows) is computed from these
+        heldout = {"labels": y[te].tolist(), "scores": np.round(scores, 4).tolist()}
     w, b = fit_logreg(x, y, len(roles), l2, steps)
-    info = {"heldout_accuracy": accuracy, "heldout_examples": len(te), "examples": len(y),
+    info = {"heldout_accuracy": accuracy, "heldout": heldout, "heldout_examples": len(te), "examples": len(y),
             "per_role": {r: int(np.sum(y == i)) for i, r in enumerate(roles)}, "l2": l2, "steps": steps,
             "seed": seed, "data_dir": str(root)}
     return Router(roles, w, b, dim, info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -31,16 +32,36 @@ def _config(state: ServerState, log_level: str):
                           timeout_graceful_shutdown=5)
 
 
-def serve_forever(state: ServerState, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info") -> None:
-    """Serve until interrupted (uvicorn handles SIGINT/SIGTERM); stops the engine on the way out."""
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on (host, port), taken before the model loads so that a port in
+    use is reported at once; ConfigError when the address is taken or cannot be bound."""
+    from iceburg_mlx.errors import ConfigError
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        why = "already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise ConfigError(f"cannot listen on {host}:{port}: {why}") from None
+    return sock
+
+
+def serve_forever(state: ServerState, sock: socket.socket, log_level: str = "info") -> None:
+    """Serve on the bound `sock` until interrupted (uvicorn handles SIGINT/SIGTERM); stops the
+    engine on the way out."""
     import uvicorn
 
-    config = _config(state, log_level)
-    config.host, config.port = host, port
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(_config(state, log_level)).run(sockets=[sock])
     finally:
         state.engine.stop()
+        sock.close()
 
 
 class BackgroundServer:

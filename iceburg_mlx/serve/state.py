@@ -29,6 +29,13 @@ class ServedModel:
     role: str | None = None
     version: int | None = None
     path: str | None = None
+    system_prompt: str | None = None   # the role's training prompt, used when a chat request has none
+
+    def with_system(self, messages: list[dict]) -> list[dict]:
+        """`messages` with the role's system prompt first when they carry no system message."""
+        if self.system_prompt and not any(m.get("role") == "system" for m in messages):
+            return [{"role": "system", "content": self.system_prompt}, *messages]
+        return messages
 
     def card(self, base_id: str, created: int) -> dict:
         card = {"id": self.id, "object": "model", "created": created, "owned_by": "iceburg-mlx"}
@@ -58,7 +65,7 @@ class ServerState:
         if self.router is not None:
             cards.append({"id": AUTO, "object": "model", "created": self.created, "owned_by": "iceburg-mlx",
                           "root": self.base_id, "iceburg_roles": self.router_roles(),
-                          "iceburg_router_accuracy": self.router.info.get("heldout_accuracy")})
+                          "iceburg_router_accuracy": self.router.accuracy_among(self.router_roles())})
         return cards
 
     def router_roles(self) -> list[str]:
@@ -102,8 +109,14 @@ def resolve_adapters(names: Sequence[str] | None, adapters_dir: str | os.PathLik
 
 def load_state(model: str | None = None, adapters: Sequence[str] | None = None,
                adapters_dir: str | os.PathLike | None = None, limits: Limits | None = None,
-               api_key: str | None = None, max_batch: int = 32, use_router: bool = True) -> ServerState:
-    """Load the base, attach `adapters` (registry names; None = all roles) side by side, start the engine."""
+               api_key: str | None = None, max_batch: int = 32, use_router: bool = True,
+               force: bool = False, role_prompts: bool = True) -> ServerState:
+    """Load the base, attach `adapters` (registry names; None = all roles) side by side, start the engine.
+
+    An adapter trained on another base is refused (AdapterError) unless `force` (then logged).
+    With `role_prompts`, a chat request to `iceburg-<role>` without a system message gets the
+    system prompt the adapter was trained with (as `generate --adapter` does)."""
+    from iceburg_mlx.adapters import check_base, role_system_prompt
     from iceburg_mlx.models import load_model
     from iceburg_mlx.serve.engine import Engine
     from iceburg_mlx.serve.multi_lora import AdapterSpec, attach_multi_lora
@@ -113,11 +126,16 @@ def load_state(model: str | None = None, adapters: Sequence[str] | None = None,
     limits = limits or Limits()
     refs = resolve_adapters(adapters, adapters_dir)
     loaded = load_model(model)
+    for r in refs:
+        warning = check_base(r.path, loaded.source.spec, loaded.source.path, r.name, force, loaded.model)
+        if warning:
+            log.warning("%s", warning)
     selector = attach_multi_lora(loaded.model, [AdapterSpec(r.role, r.path) for r in refs]) if refs else None
     base_id = base_name(model, loaded.source)
     models = {base_id: ServedModel(base_id, 0)}
     for slot, r in enumerate(refs, start=1):
-        models[PREFIX + r.role] = ServedModel(PREFIX + r.role, slot, r.role, r.version, str(r.path))
+        prompt = role_system_prompt(str(r.path)) if role_prompts else None
+        models[PREFIX + r.role] = ServedModel(PREFIX + r.role, slot, r.role, r.version, str(r.path), prompt)
     ctx = loaded.config.get("max_position_embeddings")
     if isinstance(ctx, int) and ctx > 0:
         limits.max_context = min(limits.max_context, ctx)

@@ -59,6 +59,8 @@ class DataConfig:
     max_seq_len: int = _f(1024, "Maximum tokens per training sequence.")
     packing: bool = _f(False, "Pack several short examples into one sequence.")
     overlong: Literal["truncate", "drop"] = _f("truncate", "What to do with examples over max_seq_len.")
+    skip_invalid: bool = _f(False, "Train on the valid records only, skipping (and counting) those that fail "
+                                   "validation; by default an invalid record stops the run before any compute.")
     curriculum: Literal["weighted", "novel_first", "progressive"] | None = _f(
         None, "Example ordering: none (shuffle), weighted, novel_first or progressive.")
 
@@ -328,3 +330,39 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 def dump_recipe(recipe: Recipe) -> str:
     """The resolved recipe as YAML text, in field order (for the run directory)."""
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
+
+
+# Keys a resumed run may change: how long it runs and how often it evaluates and saves. Anything
+# else (data, role, model, adapter shape, optimizer, schedule shape, seed) would make the resumed
+# run a different run.
+RESUME_SAFE = ("train.steps", "train.epochs", "eval.every", "eval.batches", "save.every", "save.keep_best")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def recipe_diff(old: Recipe, new: Recipe) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every recipe key whose value differs."""
+    a, b = _flat(recipe_to_dict(old)), _flat(recipe_to_dict(new))
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_resume(saved: Recipe, new: Recipe, label: str) -> list[tuple[str, Any, Any]]:
+    """The changes of `new` against a run's `saved` recipe, all in RESUME_SAFE; ConfigError naming
+    the other keys otherwise."""
+    changes = recipe_diff(saved, new)
+    unsafe = [c for c in changes if c[0] not in RESUME_SAFE]
+    if unsafe:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in unsafe[:6])
+        more = f" and {len(unsafe) - 6} more" if len(unsafe) > 6 else ""
+        raise ConfigError(f"{label}: this recipe differs from the run's saved recipe.yaml in {shown}{more}; "
+                          f"a resumed run may only change {', '.join(RESUME_SAFE)}")
+    return changes

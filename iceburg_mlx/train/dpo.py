@@ -12,7 +12,6 @@ reference needs neither a second copy of the weights nor a forward per step.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iceburg_mlx.errors import AdapterError, IceburgError
+from iceburg_mlx.errors import AdapterError
 from iceburg_mlx.hashing import sha256_file
 from iceburg_mlx.train import prefs
 
@@ -55,37 +54,13 @@ class DpoData:
 
 # ----------------------------------------------------------------------------- init adapter
 
-def _same_base(a: str, b: str) -> bool:
-    if a.strip().lower() == b.strip().lower():
-        return True
-    from iceburg_mlx.models.resolve import resolve
-
-    try:
-        pa, pb = resolve(a).path, resolve(b).path
-    except IceburgError:
-        return False
-    return pa is not None and pb is not None and Path(pa).resolve() == Path(pb).resolve()
-
-
-def _trained_on(path: Path, config: dict) -> str | None:
-    if config.get("base_model"):
-        return str(config["base_model"])
-    prov = path / "provenance.json"
-    if prov.is_file():
-        try:
-            return json.loads(prov.read_text(encoding="utf-8")).get("base")
-        except (OSError, ValueError):
-            return None
-    return None
-
-
 def check_init_adapter(recipe, adapters_dir=None) -> Path | None:
     """The directory of `method.init_adapter` (registry name or path), checked before any compute:
     it exists, was trained on `model.base` and has the recipe's LoRA shape. AdapterError otherwise."""
     spec = recipe.method.init_adapter
     if not spec:
         return None
-    from iceburg_mlx.adapters import resolve_adapter_path
+    from iceburg_mlx.adapters import base_mismatch, resolve_adapter_path
     from iceburg_mlx.train.lora import read_adapter_config
 
     try:
@@ -93,9 +68,9 @@ def check_init_adapter(recipe, adapters_dir=None) -> Path | None:
         config = read_adapter_config(path)
     except AdapterError as e:
         raise AdapterError(f"method.init_adapter: {e}") from None
-    base = _trained_on(path, config)
-    if base and not _same_base(base, recipe.model.base):
-        raise AdapterError(f"method.init_adapter: {spec} ({path}) was trained on base '{base}', "
+    other = base_mismatch(path, recipe.model.base)
+    if other is not None:
+        raise AdapterError(f"method.init_adapter: {spec} ({path}) was trained on base '{other}', "
                            f"not on model.base '{recipe.model.base}'")
     p = config.get("lora_parameters", {})
     want = (recipe.lora.rank, recipe.lora.alpha / recipe.lora.rank, "dora" if recipe.lora.dora else "lora")
@@ -109,7 +84,8 @@ def check_init_adapter(recipe, adapters_dir=None) -> Path | None:
 # ----------------------------------------------------------------------------- data
 
 def prepare(recipe, model, tokenizer, *, base_path, train_path: Path, valid_path: Path | None,
-            init_dir: Path | None, note: Callable[[str], None] = lambda m: None) -> DpoData:
+            init_dir: Path | None, note: Callable[[str], None] = lambda m: None, skip: dict | None = None,
+            progress: Callable[[str, int, int], None] | None = None) -> DpoData:
     """Pairs (train, held-out), the init adapter loaded into `model`, the reference log-probs."""
     import mlx.core as mx
 
@@ -118,9 +94,12 @@ def prepare(recipe, model, tokenizer, *, base_path, train_path: Path, valid_path
 
     d, m = recipe.data, recipe.method
     sysp = recipe.role.system_prompt
-    pairs, rep = prefs.build_pref_examples(tokenizer, train_path, d.max_seq_len, d.overlong, sysp)
+    skip = skip or {}
+    pairs, rep = prefs.build_pref_examples(tokenizer, train_path, d.max_seq_len, d.overlong, sysp,
+                                           skip.get(train_path, ()))
     if valid_path is not None:
-        train, valid = pairs, prefs.build_pref_examples(tokenizer, valid_path, d.max_seq_len, d.overlong, sysp)[0]
+        train, valid = pairs, prefs.build_pref_examples(tokenizer, valid_path, d.max_seq_len, d.overlong, sysp,
+                                                        skip.get(valid_path, ()))[0]
     else:
         train, valid = prefs.split_pairs(pairs, recipe.seed)
         note(f"dpo: {len(train)} training pairs, {len(valid)} held out from {train_path.name} "
@@ -145,7 +124,10 @@ def prepare(recipe, model, tokenizer, *, base_path, train_path: Path, valid_path
                               compute=recipe.model.compute_dtype)
         ctx = lora.adapters_disabled(model) if init_dir is None else contextlib.nullcontext()
         with ctx:
-            arr, file, hit = prefs.cached_reference(model, examples, key, recipe.train.batch_size, pad)
+            report = (lambda done, total: progress(f"reference log-probs ({path.name})", done, total)) \
+                if progress else None
+            arr, file, hit = prefs.cached_reference(model, examples, key, recipe.train.batch_size, pad,
+                                                    on_progress=report)
         note(f"dpo: reference log-probs for {len(examples)} pairs {'read from' if hit else 'computed, cached in'} {file}")
         prov.setdefault("reference_cache", {})[path.name] = {"key": key, "hit": hit}
         return arr

@@ -17,7 +17,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from iceburg_mlx.atomic import ensure_dir, write_text, write_with
 from iceburg_mlx.errors import AdapterError, ConfigError
 
 ADAPTER_FILE = "adapters.safetensors"
@@ -280,32 +280,15 @@ def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def save_adapters(model: nn.Module, path: str | os.PathLike, extra_config: Mapping[str, Any] | None = None) -> Path:
     """Write `adapters.safetensors` and `adapter_config.json` into directory `path` (each atomically)."""
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(path)
     config = adapter_config_dict(model, extra_config)
     weights = adapter_weights(model)
     mx.eval(weights)
-    _atomic_write(out / ADAPTER_FILE, lambda t: mx.save_safetensors(t, weights, metadata={"format": "mlx"}))
-
-    def write_json(t: str) -> None:
-        with open(t, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
-    _atomic_write(out / CONFIG_FILE, write_json)
+    write_with(out / ADAPTER_FILE, lambda t: mx.save_safetensors(str(t), weights, metadata={"format": "mlx"}),
+               suffix=".safetensors")
+    write_text(out / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +69,8 @@ def _answer(x, key: str) -> str:
 
 
 def build_pref_examples(tokenizer, path: str | Path, max_seq_len: int, overlong: str = "truncate",
-                        system_prompt: str | None = None) -> tuple[list[PrefExample], BuildReport]:
+                        system_prompt: str | None = None, skip: Collection[int] = ()
+                        ) -> tuple[list[PrefExample], BuildReport]:
     """Read a preference JSONL file ({prompt|messages, chosen, rejected}) into tokenised pairs.
 
     A record without `rejected`, or with `rejected` empty or equal to `chosen`, is a DataError
@@ -87,6 +87,9 @@ def build_pref_examples(tokenizer, path: str | Path, max_seq_len: int, overlong:
     out: list[PrefExample] = []
     rep = BuildReport()
     for n, record in iter_jsonl(path):
+        if n in skip:
+            rep.skipped_invalid += 1
+            continue
         where = f"{path}:{n}"
         try:
             prompt, chosen, rejected = preference_parts(record)
@@ -113,7 +116,7 @@ def build_pref_examples(tokenizer, path: str | Path, max_seq_len: int, overlong:
         rep.supervised_tokens += c.n_supervised + r.n_supervised
     rep.examples = len(out)
     if not out:
-        raise DataError(f"{path}: no usable preference pairs ({rep.as_dict()})")
+        raise rep.nothing_usable(path, "preference pairs", max_seq_len)
     return out, rep
 
 
@@ -261,9 +264,10 @@ def cached_reference(model, examples: Sequence[PrefExample], key: str, batch_siz
         except (OSError, RuntimeError, ValueError, KeyError):
             pass  # unreadable: recompute and replace it
     arr = compute_reference(model, examples, batch_size, pad_id, on_progress)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".{key}.tmp-{os.getpid()}.safetensors"
-    mx.save_safetensors(str(tmp), {"logps": mx.array(arr.astype(np.float32))},
-                        metadata={"pairs": str(len(examples)), "version": str(CACHE_VERSION)})
-    os.replace(tmp, file)
+    from iceburg_mlx.atomic import write_with
+
+    write_with(file, lambda t: mx.save_safetensors(str(t), {"logps": mx.array(arr.astype(np.float32))},
+                                                   metadata={"pairs": str(len(examples)),
+                                                             "version": str(CACHE_VERSION)}),
+               suffix=".safetensors")
     return arr.astype(np.float32).astype(np.float64), file, False

@@ -30,6 +30,7 @@ class TrainOptions:
     on_step: Callable | None = None
     on_eval: Callable | None = None
     on_event: Callable[[str], None] | None = None  # one-line notes for the user
+    on_progress: Callable[[str, int, int], None] | None = None  # (stage, done, total) of preparation work
 
 
 @dataclass
@@ -88,6 +89,8 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     from iceburg_mlx.train.provenance import collect
     from iceburg_mlx.train.schedule import make_optimizer, make_schedule
 
+    if opts.resume:
+        _check_resume(recipe, Path(opts.resume), opts)
     objective = make_objective(recipe.method)
     is_dpo = recipe.method.name == "dpo"
     role = recipe.role.name or "adapter"
@@ -97,6 +100,7 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     if train_path is None:
         raise ConfigError("data.train: no training data file given")
     valid_path = _resolve_data(recipe.data.valid, opts.recipe_path, "data.valid")
+    skip = _validate_data(recipe, {"data.train": train_path, "data.valid": valid_path}, opts)
     if is_dpo:
         from iceburg_mlx.train import dpo, prefs
 
@@ -118,11 +122,12 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
 
     if is_dpo:  # pairs, held-out split, init adapter, cached reference log-probs
         data = dpo.prepare(recipe, model, tok, base_path=loaded.source.path, train_path=train_path,
-                           valid_path=valid_path, init_dir=init_dir, note=lambda m: _note(opts, m))
+                           valid_path=valid_path, init_dir=init_dir, note=lambda m: _note(opts, m), skip=skip,
+                           progress=opts.on_progress)
         rep, valid = data.report, data.valid
     else:
-        examples, rep = _examples(tok, train_path, recipe)
-        valid = _examples(tok, valid_path, recipe)[0] if valid_path else None
+        examples, rep = _examples(tok, train_path, recipe, skip[train_path])
+        valid = _examples(tok, valid_path, recipe, skip[valid_path])[0] if valid_path else None
     if rep.truncated or rep.dropped_overlong or rep.dropped_unsupervised:
         _note(opts, f"data: {rep.truncated} truncated, {rep.dropped_overlong} dropped as over-long, "
                     f"{rep.dropped_unsupervised} dropped with no supervised token (max_seq_len "
@@ -144,8 +149,12 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
 
     run_dir, st, metrics = _prepare_run_dir(opts, role, rank)
 
+    from iceburg_mlx.adapters import base_fingerprint
+
+    identity = {"base_model": recipe.model.base, "base_fingerprint": base_fingerprint(model), "role": role}
+
     def save_adapter(m, path):
-        lora.save_adapters(m, path, extra_config={"base_model": recipe.model.base, "role": role})
+        lora.save_adapters(m, path, extra_config=identity)
 
     trainer = Trainer(model, opt, objective, cfg, run_dir, save_adapter, group)
     if is_dpo:
@@ -210,14 +219,40 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     return result
 
 
+def _check_resume(recipe, run_dir: Path, opts: TrainOptions) -> None:
+    """A resumed run continues the run it names: its recipe may differ from the saved one only in
+    RESUME_SAFE keys (said in a note); anything else is refused before any compute."""
+    from iceburg_mlx.train.config import check_resume, load_recipe
+
+    saved_file = run_dir / "recipe.yaml"
+    if not saved_file.is_file():
+        raise ConfigError(f"--resume {run_dir}: no recipe.yaml (not a run directory)")
+    changes = check_resume(load_recipe(saved_file), recipe, f"--resume {run_dir}")
+    if changes:
+        _note(opts, "resuming with " + ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes))
+
+
+def _validate_data(recipe, paths: dict, opts: TrainOptions) -> dict:
+    """Each data file through the validator before any compute: {path: line numbers to skip}."""
+    from iceburg_mlx.data.validate import check_training_file
+
+    skip = {}
+    for key, path in paths.items():
+        if path is not None:
+            skip[path], notes = check_training_file(path, key, recipe.data.skip_invalid)
+            for n in notes:
+                _note(opts, n)
+    return skip
+
+
 def _distributed_requested() -> bool:
     return any(k in os.environ for k in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MLX_HOSTFILE"))
 
 
-def _examples(tok, path, recipe):
+def _examples(tok, path, recipe, skip):
     from iceburg_mlx.train.examples import build_examples
 
-    return build_examples(tok, path, recipe.data.max_seq_len, recipe.data.overlong, recipe.role.system_prompt)
+    return build_examples(tok, path, recipe.data.max_seq_len, recipe.data.overlong, recipe.role.system_prompt, skip)
 
 
 def _total_steps(recipe, examples, world) -> int:

@@ -6,7 +6,10 @@ from iceburg_mlx.errors import ConfigError
 
 
 def make_schedule(kind: str, lr: float, total_steps: int, warmup: int = 0, min_lr: float = 0.0):
-    """A callable step -> lr: linear warmup from 0, then cosine / linear decay to min_lr, or constant."""
+    """A callable step -> lr: linear warm-up over `warmup` steps, then cosine / linear decay to
+    min_lr, or constant. The optimizer calls it with 0 for its first update, so warm-up runs
+    lr * (step + 1) / warmup: the first step already trains (lr / warmup), step `warmup` - 1
+    reaches lr, and the decay starts at step `warmup`."""
     import mlx.optimizers as optim
 
     warmup = max(0, min(int(warmup), total_steps))
@@ -24,7 +27,7 @@ def make_schedule(kind: str, lr: float, total_steps: int, warmup: int = 0, min_l
         raise ConfigError(f"schedule.kind '{kind}' is not one of cosine, linear, constant")
     if warmup == 0:
         return main
-    return optim.join_schedules([optim.linear_schedule(0.0, lr, warmup), main], [warmup])
+    return optim.join_schedules([optim.linear_schedule(lr / warmup, lr, max(1, warmup - 1)), main], [warmup])
 
 
 def make_optimizer(name: str, schedule, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
