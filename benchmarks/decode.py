@@ -43,7 +43,8 @@ def _measure_mlx(which: str, model_spec: str | None, max_tokens: int, reps: int)
     import mlx.core as mx
     from mlx_lm.generate import stream_generate
 
-    from iceburg_mlx.generation import GenerationStats, chat_prompt, stream
+    from iceburg_mlx.generation import GenerationStats, stream
+    from iceburg_mlx.templates import chat_prompt
     from iceburg_mlx.models import load_model, packed
     from iceburg_mlx.sampling import SamplingParams
 
@@ -135,7 +136,7 @@ def main() -> None:
         return
     if args.child == "llama.cpp":
         import iceburg_mlx  # noqa: F401
-        from iceburg_mlx.generation import chat_prompt
+        from iceburg_mlx.templates import chat_prompt
         from iceburg_mlx.models import load_model, resolve
 
         src = resolve(args.model)

@@ -30,10 +30,10 @@ from peers import require  # noqa: E402  (benchmarks/peers.py)
 
 def load_policy(recipe):
     from iceburg_mlx.models import load_model
-    from iceburg_mlx.train import lora
+    from iceburg_mlx.adapters import layers
 
     loaded = load_model(recipe.model.base, compute=recipe.model.compute_dtype)
-    lora.apply_lora(loaded.model, recipe.lora)
+    layers.apply_lora(loaded.model, recipe.lora)
     mx.eval(loaded.model.parameters())
     return loaded
 
@@ -58,13 +58,14 @@ def interleaved(fns: dict, steps: int, warmup: int) -> dict:
 
 
 def ours(loaded, recipe, pairs, steps, warmup):
-    from iceburg_mlx.train import lora, prefs
+    from iceburg_mlx.train import prefs
+    from iceburg_mlx.adapters import layers
     from iceburg_mlx.train.loop import LoopConfig, Trainer
     from iceburg_mlx.train.objectives import make_objective
     from iceburg_mlx.train.schedule import make_optimizer
 
     model, pad = loaded.model, loaded.tokenizer.pad_token_id or 0
-    with lora.adapters_disabled(model):
+    with layers.adapters_disabled(model):
         ref = prefs.compute_reference(model, pairs, len(pairs), pad)
     opt = make_optimizer("adamw", recipe.optim.lr, 0.0, recipe.optim.betas, recipe.optim.eps)
     tr = Trainer(model, opt, make_objective(recipe.method), LoopConfig(steps=1, grad_clip=1.0), "/tmp",
@@ -77,7 +78,7 @@ def ours(loaded, recipe, pairs, steps, warmup):
         mx.eval(out, tr.state)
 
     def recompute():
-        with lora.adapters_disabled(model):
+        with layers.adapters_disabled(model):
             r = prefs.compute_reference(model, pairs, len(pairs), pad)  # the reference forward, every step
         out = tr.train_step([prefs.make_batch(pairs, pad, r)])
         mx.eval(out, tr.state)

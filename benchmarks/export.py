@@ -153,7 +153,7 @@ def q8_runtime_top1(model: str | None, adapter: str, ids: list[int], top1: np.nd
     import mlx.core as mx
     import mlx.nn as nn
 
-    from iceburg_mlx.models import load_model
+    from iceburg_mlx.adapters import load_with_adapter
 
     def q8(x):
         b = x.reshape(*x.shape[:-1], x.shape[-1] // 32, 32)
@@ -169,7 +169,7 @@ def q8_runtime_top1(model: str | None, adapter: str, ids: list[int], top1: np.nd
         def __call__(self, x):
             return self.inner(q8(x))
 
-    m = load_model(model, compute="float32", adapter=adapter).model
+    m = load_with_adapter(model, compute="float32", adapter=adapter).model
     h = m.model(mx.array([ids]))
     head = m.model.embed_tokens.as_linear if getattr(m, "lm_head", None) is None else m.lm_head
     head_only = np.array(mx.argmax(head(q8(h))[0], axis=-1))
@@ -192,10 +192,10 @@ def head_q8_0_top1(model: str | None, adapter: str, ids: list[int], top1: np.nda
     from iceburg_mlx.export import mix
     from iceburg_mlx.export.fusion import _vocab
     from iceburg_mlx.export.gguf_export import write_gguf
-    from iceburg_mlx.models import load_model
-    from iceburg_mlx.train.lora import fuse_model
+    from iceburg_mlx.adapters import load_with_adapter
+    from iceburg_mlx.adapters.layers import fuse_model
 
-    fused = load_model(model, compute="quantized", adapter=adapter)
+    fused = load_with_adapter(model, compute="quantized", adapter=adapter)
     fuse_model(fused.model, dequantize=True)
     plan = mix.plan
 
@@ -216,7 +216,7 @@ def role_bench(llm, tokenizer, items) -> tuple[int, int]:
     """(answers in the role's format, answers the role's checker passes) of llama.cpp, greedy, on
     the role's eval items (the conversation carries the role's system prompt)."""
     from iceburg_mlx.eval.checkers import get_checker
-    from iceburg_mlx.generation import chat_prompt
+    from iceburg_mlx.templates import chat_prompt
 
     fmt = ok = 0
     for it in items:
@@ -241,10 +241,10 @@ def adapter_quality(adapter: str, model: str | None, ids: list[int], threads: in
     from iceburg_mlx.adapters import adapter_role
     from iceburg_mlx.eval.bench import BENCHES, load_items
     from iceburg_mlx.export import FuseOptions, fuse, imatrix
-    from iceburg_mlx.generation import chat_prompt
-    from iceburg_mlx.models import load_model
+    from iceburg_mlx.templates import chat_prompt
+    from iceburg_mlx.adapters import load_with_adapter
 
-    ref = load_model(model, compute="float32", adapter=adapter)
+    ref = load_with_adapter(model, compute="float32", adapter=adapter)
     prompt = chat_prompt(ref.tokenizer, PROMPT)
     ours_greedy = mlx_greedy(ref.model, prompt, GREEDY)
     ours_top1 = np.array(mx.argmax(ref.model(mx.array([ids]))[0], axis=-1))

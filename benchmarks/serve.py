@@ -148,7 +148,7 @@ def load_prompts(data: Path) -> dict[str, list[str]]:
 
 
 def ensure_adapters(model: str | None, adapters_dir: Path | None, work: Path) -> Path:
-    from iceburg_mlx.train import registry
+    from iceburg_mlx.adapters import registry
 
     if adapters_dir is not None and all(r in registry.roles(adapters_dir) for r in ROLES):
         return adapters_dir
@@ -158,7 +158,8 @@ def ensure_adapters(model: str | None, adapters_dir: Path | None, work: Path) ->
     import mlx.core as mx
 
     from iceburg_mlx.models import load_model
-    from iceburg_mlx.train.lora import adapter_layers, apply_lora, save_adapters
+    from iceburg_mlx.adapters.layers import adapter_layers, apply_lora
+    from iceburg_mlx.adapters.files import save_adapters
 
     for i, role in enumerate(ROLES):
         m = load_model(model)
@@ -239,7 +240,7 @@ def main() -> None:
         stop(proc)
 
     if not args.skip_mlx_lm:
-        from iceburg_mlx.train import registry
+        from iceburg_mlx.adapters import registry
 
         procs, urls = {}, {}
         if args.mlx_lm_setup == "ours":

@@ -50,7 +50,8 @@ def held_out_loss(model, tok, max_seq_len: int) -> float:
 
 def run_ours(args, packing: bool) -> dict:
     from iceburg_mlx.models import load_model
-    from iceburg_mlx.train import batching, lora
+    from iceburg_mlx.train import batching
+    from iceburg_mlx.adapters import files, layers
     from iceburg_mlx.train.config import LoraConfig
     from iceburg_mlx.train.examples import build_examples
     from iceburg_mlx.train.loop import Callbacks, LoopConfig, LoopState, Trainer
@@ -58,12 +59,12 @@ def run_ours(args, packing: bool) -> dict:
 
     loaded = load_model()
     mx.random.seed(0)
-    lora.apply_lora(loaded.model, LoraConfig(rank=args.rank, alpha=2.0 * args.rank))
+    layers.apply_lora(loaded.model, LoraConfig(rank=args.rank, alpha=2.0 * args.rank))
     exs, _ = build_examples(loaded.tokenizer, REPO / "data/oracle/train.jsonl", args.max_seq_len)
     opt = optim.AdamW(learning_rate=args.lr, weight_decay=0.0)
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(loaded.model, opt, sft_objective, LoopConfig(steps=args.steps), Path(tmp),
-                     lambda m, p: lora.save_adapters(m, p))
+                     lambda m, p: files.save_adapters(m, p))
         rates = []
         cb = Callbacks(on_step=lambda info: rates.append(info.tokens_per_sec))
         mx.reset_peak_memory()

@@ -44,7 +44,7 @@ def list_cmd(adapters_dir: Optional[Path] = DirOpt,
     """Every entry: name, base model, steps, losses, eval headline, created."""
     from rich.table import Table
 
-    from iceburg_mlx.train.registry import adapters_root, list_entries
+    from iceburg_mlx.adapters.registry import adapters_root, list_entries
 
     entries = list_entries(adapters_dir)
     if as_json:
@@ -86,7 +86,7 @@ def show_cmd(name: str = typer.Argument(..., help="role (the newest version) or 
              adapters_dir: Optional[Path] = DirOpt,
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """One entry: adapter config, provenance, recipe summary, metrics summary, eval."""
-    from iceburg_mlx.train.registry import entry_info, get, read_entry_files
+    from iceburg_mlx.adapters.registry import entry_info, get, read_entry_files
 
     ref = get(name, adapters_dir)
     info = entry_info(ref)
@@ -148,7 +148,7 @@ def show_cmd(name: str = typer.Argument(..., help="role (the newest version) or 
 def rm_cmd(name: str = typer.Argument(..., help="role@version (the version is required)."),
            adapters_dir: Optional[Path] = DirOpt) -> None:
     """Remove one entry."""
-    from iceburg_mlx.train.registry import remove
+    from iceburg_mlx.adapters.registry import remove
 
     ref = remove(name, adapters_dir)
     typer.echo(f"removed {ref.name} ({ref.path})")

@@ -265,12 +265,13 @@ def pairs_cmd(
 
 
 def _bon_pairs(n, prompts, adapter, model, role, min_margin, temperature, max_tokens, seed, hard_negatives):
-    from iceburg_mlx.data.bon import PERTURBATIONS, best_of_n_pairs, model_sampler
+    from iceburg_mlx.data.bon import PERTURBATIONS, best_of_n_pairs
+    from iceburg_mlx.generation import sampler
     from iceburg_mlx.data.formats import split_prompt
     from iceburg_mlx.data.io import iter_jsonl
     from iceburg_mlx.data.score import ROLE_RULES
     from iceburg_mlx.errors import ConfigError, DataError
-    from iceburg_mlx.models import load_model
+    from iceburg_mlx.adapters import load_with_adapter
 
     if prompts is None:
         raise ConfigError("--bon needs --prompts FILE")
@@ -290,11 +291,11 @@ def _bon_pairs(n, prompts, adapter, model, role, min_margin, temperature, max_to
         cfg = json.loads((path / "adapter_config.json").read_text())
         adapter = str(path)
     role = role or (cfg.get("role") if cfg.get("role") in ROLE_RULES else None)
-    loaded = load_model(model or cfg.get("base_model"), adapter=adapter)
+    loaded = load_with_adapter(model or cfg.get("base_model"), adapter=adapter)
     err = _console(stderr=True)
     err.print(f"sampling {n} answers for each of {len(msgs)} prompts (temperature {temperature}, role {role or 'none'})")
     pairs, rep = best_of_n_pairs(
-        msgs, model_sampler(loaded.model, loaded.tokenizer, temperature=temperature, max_tokens=max_tokens),
+        msgs, sampler(loaded.model, loaded.tokenizer, temperature=temperature, max_tokens=max_tokens),
         role=role, n=n, min_margin=min_margin, hard_negatives=tuple(PERTURBATIONS) if hard_negatives else (),
         seed=seed, on_prompt=lambda i, total: err.print(f"  prompt {i}/{total}"))
     err.print(f"best-of-{n}: {rep.pairs} pairs cleared margin {min_margin}, {rep.below_margin} below it, "

@@ -18,14 +18,14 @@ SystemOpt = typer.Option(None, "--system", "-s",
 
 def _load(model: Optional[str], adapter: Optional[str], force: bool = False):
     from iceburg_mlx.cli import ui
-    from iceburg_mlx.models import load_model
+    from iceburg_mlx.adapters import load_with_adapter
 
     err = ui.console(stderr=True)
     if err.is_terminal:
         with err.status("loading model...", spinner="dots"):
-            loaded = load_model(model, adapter=adapter, force=force)
+            loaded = load_with_adapter(model, adapter=adapter, force=force)
     else:
-        loaded = load_model(model, adapter=adapter, force=force)
+        loaded = load_with_adapter(model, adapter=adapter, force=force)
     for w in loaded.info.get("warnings", []):
         err.print(f"warning: {w}", markup=False, highlight=False)
     return loaded
@@ -62,7 +62,8 @@ def generate(
     force: bool = ForceOpt,
 ) -> None:
     """Answer one prompt: the answer alone on stdout, statistics on stderr."""
-    from iceburg_mlx.generation import chat_prompt, stream, GenerationStats
+    from iceburg_mlx.generation import GenerationStats, stream
+    from iceburg_mlx.templates import chat_prompt, with_system
     from iceburg_mlx.sampling import SamplingParams
 
     if prompt == "-":
@@ -74,8 +75,7 @@ def generate(
     if raw:
         ids = list(tok.encode(prompt))
     else:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        ids = chat_prompt(tok, messages)
+        ids = chat_prompt(tok, with_system([{"role": "user", "content": prompt}], system))
     stats = GenerationStats()
     for piece in stream(loaded.model, tok, ids, params, stats=stats):
         sys.stdout.write(piece.text)

@@ -81,7 +81,7 @@ def router_train(
     """Train the iceburg-auto router on the roles' user turns; save router.json/.npz in the adapters dir."""
     from iceburg_mlx.errors import ConfigError
     from iceburg_mlx.serve.router import train_router
-    from iceburg_mlx.train.registry import adapters_root
+    from iceburg_mlx.adapters.registry import adapters_root
 
     if not 0 <= holdout < 1:
         raise ConfigError(f"--holdout must be in [0, 1), got {holdout}")

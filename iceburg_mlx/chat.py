@@ -9,16 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from iceburg_mlx.generation import GenerationStats, Piece, chat_prompt, make_cache, stream
+from iceburg_mlx.generation import GenerationStats, Piece, make_cache, stream
 from iceburg_mlx.sampling import SamplingParams
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+from iceburg_mlx.templates import chat_prompt, common_prefix, with_system
 
 
 class ChatSession:
@@ -31,8 +24,7 @@ class ChatSession:
         self.last_stats: GenerationStats | None = None
 
     def conversation(self) -> list[dict]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + self.messages
+        return with_system(self.messages, self.system)
 
     def reset(self) -> None:
         self.messages = []

@@ -21,7 +21,8 @@ def make_adapter(gguf: Path, out: Path, seed: int, rank: int, targets: tuple[str
     import mlx.core as mx
 
     from iceburg_mlx.models import load_model
-    from iceburg_mlx.train.lora import adapter_layers, apply_lora, save_adapters
+    from iceburg_mlx.adapters.layers import adapter_layers, apply_lora
+    from iceburg_mlx.adapters.files import save_adapters
 
     m = load_model(str(gguf))
     mx.random.seed(seed)
@@ -45,7 +46,7 @@ def write_router_data(root: Path) -> Path:
 def registry(tiny_gguf, tmp_path_factory):
     """(gguf path, adapters dir, {role: adapter dir}) with the router trained."""
     from iceburg_mlx.serve.router import train_router
-    from iceburg_mlx.train import registry as reg
+    from iceburg_mlx.adapters import registry as reg
 
     gguf = tiny_gguf("F32")
     root = tmp_path_factory.mktemp("serve")

@@ -15,7 +15,8 @@ from mlx_lm.models.llama import Model, ModelArgs
 import iceburg_mlx  # noqa: F401  (OpenBLAS preload before mlx.core)
 from iceburg_mlx.errors import AdapterError, DataError
 from iceburg_mlx.models import load_model
-from iceburg_mlx.train import dpo, lora, prefs
+from iceburg_mlx.train import dpo, prefs
+from iceburg_mlx.adapters import layers
 from iceburg_mlx.train.config import LoraConfig, recipe_from_dict
 from iceburg_mlx.train.examples import Example
 from iceburg_mlx.train.losses import PREFERENCE_LOSSES
@@ -30,8 +31,8 @@ def tiny_policy(seed=0):
     mx.random.seed(seed)
     model = Model(ModelArgs(**ARGS))
     model.set_dtype(mx.float32)
-    lora.apply_lora(model, LoraConfig(rank=4, alpha=8))
-    for _, layer in lora.adapter_layers(model):  # non-zero B: gradients reach lora_a too
+    layers.apply_lora(model, LoraConfig(rank=4, alpha=8))
+    for _, layer in layers.adapter_layers(model):  # non-zero B: gradients reach lora_a too
         layer.lora_b = mx.random.normal(layer.lora_b.shape) * 0.1
     mx.eval(model.parameters())
     return model
@@ -79,10 +80,10 @@ def test_stacked_batch_logps_equal_plain_rows_and_reference_cache():
 def test_reference_with_adapters_disabled_is_the_base():
     model = tiny_policy()
     pairs = random_pairs(2, seed=1)
-    with lora.adapters_disabled(model):
+    with layers.adapters_disabled(model):
         ref = prefs.compute_reference(model, pairs, batch_size=4)
     base = tiny_policy()  # the same weights; B = 0 makes it the base
-    for _, layer in lora.adapter_layers(base):
+    for _, layer in layers.adapter_layers(base):
         layer.lora_b = mx.zeros_like(layer.lora_b)
     np.testing.assert_allclose(ref, prefs.compute_reference(base, pairs, batch_size=4), rtol=1e-5, atol=1e-4)
 
@@ -97,11 +98,11 @@ def test_gradients_match_central_differences(loss):
     obj = dpo_objective(loss, beta=0.3, label_smoothing=0.1 if loss == "sigmoid" else 0.0)
     _, grads = nn.value_and_grad(model, lambda m: obj(m, arrays, k)[0])(model)
     grads = dict(tree_flatten(grads))
-    layers = [("model.layers.0.self_attn.q_proj", "lora_b", (1, 3)),
+    probes = [("model.layers.0.self_attn.q_proj", "lora_b", (1, 3)),
               ("model.layers.1.mlp.down_proj", "lora_a", (5, 2)),
               ("model.layers.1.self_attn.v_proj", "lora_b", (0, 7))]
     eps = 1e-2
-    for path, leaf, idx in layers:
+    for path, leaf, idx in probes:
         layer = dict(model.named_modules())[path]
         analytic = float(np.array(grads[f"{path}.{leaf}"])[idx])
         w = np.array(layer[leaf])
@@ -257,11 +258,11 @@ def test_init_adapter_is_policy_start_and_frozen_reference(tmp_path, tiny_gguf, 
     r = dpo_recipe(tmp_path, base, method__init_adapter="tiny@1", train__steps=1, eval__every=0)
     init_dir = dpo.check_init_adapter(r, reg)
     loaded = load_model(str(base))
-    lora.apply_lora(loaded.model, r.lora)
+    layers.apply_lora(loaded.model, r.lora)
     data = dpo.prepare(r, loaded.model, loaded.tokenizer, base_path=base, train_path=tmp_path / "prefs.jsonl",
                        valid_path=None, init_dir=init_dir)
     # the reference is base + the SFT adapter, not the bare base
-    with lora.adapters_disabled(loaded.model):
+    with layers.adapters_disabled(loaded.model):
         bare = prefs.compute_reference(loaded.model, data.train, 4)
     with_sft = prefs.compute_reference(loaded.model, data.train, 4)
     np.testing.assert_allclose(data.ref_train[[p.index for p in data.train]], with_sft, rtol=1e-5, atol=1e-4)

@@ -16,8 +16,10 @@ from iceburg_mlx.eval.bench import (
 )
 from iceburg_mlx.eval.compare import compare, run_regression
 from iceburg_mlx.eval.report import build_record, write_report
+from iceburg_mlx.adapters import load_with_adapter
 from iceburg_mlx.models import load_model
-from iceburg_mlx.train.lora import adapter_layers, apply_lora, save_adapters
+from iceburg_mlx.adapters.layers import adapter_layers, apply_lora
+from iceburg_mlx.adapters.files import save_adapters
 
 BENCH = {
     "oracle": [({"verdict": "false"}, "Is the sun a planet?", "Verdict: false\nConfidence: 0.9"),
@@ -63,7 +65,7 @@ def items(data_dir):
 
 def test_library_pipeline(tiny_gguf, adapter_dir, items, tmp_path):
     params = eval_params(seed=0, max_tokens=12)
-    a_model = load_model(str(tiny_gguf("F32")), adapter=str(adapter_dir))
+    a_model = load_with_adapter(str(tiny_gguf("F32")), adapter=str(adapter_dir))
     b_model = load_model(str(tiny_gguf("F32")))
     a = evaluate(a_model.model, a_model.tokenizer, items, params, label="oracle@3")
     b = evaluate(b_model.model, b_model.tokenizer, items, params, label="base")
@@ -92,7 +94,8 @@ def test_completion_mode_probe_and_regression_set(tiny_gguf, tmp_path):
     assert probe["mode"] == "completion" and probe["n"] == 3 and isinstance(probe["passed"], bool)
     reg = tmp_path / "regression.jsonl"
     prompt = [{"role": "user", "content": "the tin man"}]
-    from iceburg_mlx.generation import chat_prompt, generate
+    from iceburg_mlx.generation import generate
+    from iceburg_mlx.templates import chat_prompt
 
     known = generate(loaded.model, loaded.tokenizer, chat_prompt(loaded.tokenizer, prompt), params).text
     reg.write_text("\n".join(json.dumps(r) for r in [

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from iceburg_mlx.errors import DataError
-from iceburg_mlx.eval.perplexity import assistant_mask, load_conversations, perplexity
+from iceburg_mlx.eval.perplexity import load_conversations, perplexity
+from iceburg_mlx.templates import assistant_mask
 from iceburg_mlx.models import load_model
 
 CONVS = [

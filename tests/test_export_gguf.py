@@ -16,6 +16,7 @@ from iceburg_mlx.errors import ExportError
 from iceburg_mlx.export import FuseOptions, fuse, gguf_export
 from iceburg_mlx.export.gguf_export import write_gguf
 from iceburg_mlx.export.gguf_vocab import from_gguf_metadata, from_hf_dir
+from iceburg_mlx.adapters import load_with_adapter
 from iceburg_mlx.models import load_model
 from iceburg_mlx.models.gguf_file import read_gguf
 
@@ -141,7 +142,8 @@ def test_lossless_q4_1_is_bit_exact(tiny_gguf, tmp_path):
 
 
 def _adapter(tiny_hf, path, dora=False, recipe=True):
-    from iceburg_mlx.train.lora import apply_lora, save_adapters
+    from iceburg_mlx.adapters.layers import apply_lora
+    from iceburg_mlx.adapters.files import save_adapters
 
     loaded = load_model(str(tiny_hf), compute="float32")
     apply_lora(loaded.model, {"rank": 4, "alpha": 8, "target_modules": ("q_proj", "v_proj", "down_proj"),
@@ -174,7 +176,8 @@ def test_fused_adapter_gguf_matches_base_plus_adapter(tiny_hf, tmp_path):
 
 
 def test_q4_1_with_adapter_requantizes_only_the_adapted_layers(tiny_hf, tiny_gguf, tmp_path):
-    from iceburg_mlx.train.lora import fuse_model, load_adapters
+    from iceburg_mlx.adapters.layers import fuse_model
+    from iceburg_mlx.adapters.files import load_adapters
 
     src = tiny_gguf("Q4_1")
     _adapter(tiny_hf, tmp_path / "adapter")        # q_proj, v_proj, down_proj
@@ -190,7 +193,7 @@ def test_q4_1_with_adapter_requantizes_only_the_adapted_layers(tiny_hf, tiny_ggu
 
     # closer to base + adapter than MLX's min-max requantization of the merged weights (the old path)
     ids = list(range(5, 65))
-    want = our_logits(load_model(str(src), compute="float32", adapter=str(tmp_path / "adapter")), ids)
+    want = our_logits(load_with_adapter(str(src), compute="float32", adapter=str(tmp_path / "adapter")), ids)
     old = load_model(str(src), compute="quantized")
     load_adapters(old.model, tmp_path / "adapter")
     fuse_model(old.model, dequantize=False)

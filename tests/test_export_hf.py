@@ -12,7 +12,8 @@ import pytest
 from iceburg_mlx.errors import AdapterError
 from iceburg_mlx.export import FuseOptions, fuse, hf_dir
 from iceburg_mlx.models import load_model
-from iceburg_mlx.train.lora import apply_lora, fuse_model, load_adapters, save_adapters
+from iceburg_mlx.adapters.layers import apply_lora, fuse_model
+from iceburg_mlx.adapters.files import load_adapters, save_adapters
 
 IDS = [5, 40, 41, 42, 100, 7, 9, 11, 3, 200]
 

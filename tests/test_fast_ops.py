@@ -6,7 +6,7 @@ import np_reference
 import numpy as np
 import pytest
 
-from iceburg_mlx.train.fast_ops import attention, fast_silu, fast_swiglu, poly_exp
+from iceburg_mlx.models.fast_ops import attention, fast_silu, fast_swiglu, poly_exp
 
 
 def test_poly_exp_matches_numpy():

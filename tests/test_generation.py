@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from iceburg_mlx.chat import ChatSession
-from iceburg_mlx.generation import _apply_stops, chat_prompt, generate
+from iceburg_mlx.generation import generate
+from iceburg_mlx.generation.stream import _apply_stops
+from iceburg_mlx.templates import chat_prompt
 from iceburg_mlx.models import load_model
 from iceburg_mlx.sampling import SamplingParams, top_p_filter
 

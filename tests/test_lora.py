@@ -17,18 +17,8 @@ from mlx_lm.tuner.utils import load_adapters as mlx_lm_load_adapters
 
 from iceburg_mlx.errors import AdapterError, ConfigError
 from iceburg_mlx.train.config import LoraConfig
-from iceburg_mlx.train.lora import (
-    DoRALinear,
-    LoRALinear,
-    adapter_config_dict,
-    adapter_layers,
-    adapters_disabled,
-    apply_lora,
-    dense_weight,
-    fuse_model,
-    load_adapters,
-    save_adapters,
-)
+from iceburg_mlx.adapters.layers import DoRALinear, LoRALinear, adapter_layers, adapters_disabled, apply_lora, dense_weight, fuse_model
+from iceburg_mlx.adapters.files import adapter_config_dict, load_adapters, save_adapters
 
 ARGS = ModelArgs(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=256,

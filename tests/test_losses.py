@@ -15,7 +15,7 @@ from mlx_lm.models.llama import Model, ModelArgs
 
 from iceburg_mlx.errors import ConfigError
 from iceburg_mlx.train.config import LoraConfig
-from iceburg_mlx.train.lora import adapter_layers, apply_lora
+from iceburg_mlx.adapters.layers import adapter_layers, apply_lora
 from iceburg_mlx.train.losses import (
     PREFERENCE_LOSSES,
     bucket,

@@ -95,14 +95,15 @@ def test_fuse_names_the_role_and_keeps_its_system_prompt(trained, capsys, monkey
 
 def test_serve_applies_the_role_prompt_when_the_request_has_none(trained):
     openai = pytest.importorskip("openai")
-    from iceburg_mlx.generation import chat_prompt, generate
-    from iceburg_mlx.models import load_model
+    from iceburg_mlx.generation import generate
+    from iceburg_mlx.templates import chat_prompt
+    from iceburg_mlx.adapters import load_with_adapter
     from iceburg_mlx.sampling import SamplingParams
     from iceburg_mlx.serve.runner import BackgroundServer
     from iceburg_mlx.serve.state import load_state
 
     params = SamplingParams(temperature=0.0, max_tokens=12)
-    ref = load_model(str(trained["base"]), adapter=str(trained["adapter"]))
+    ref = load_with_adapter(str(trained["base"]), adapter=str(trained["adapter"]))
     question = [{"role": "user", "content": "the tin man"}]
 
     def local(messages):

@@ -14,8 +14,8 @@ import pytest
 
 from iceburg_mlx.adapters import resolve_adapter_path
 from iceburg_mlx.errors import AdapterError
-from iceburg_mlx.train import registry
-from iceburg_mlx.train.registry import (
+from iceburg_mlx.adapters import registry
+from iceburg_mlx.adapters.registry import (
     AdapterRef,
     list_entries,
     publish,
@@ -157,7 +157,7 @@ def test_list_reads_metrics_provenance_and_eval(reg, tmp_path):
     assert (m.steps, m.final_train_loss, m.best_val_loss, m.best_val_step) == (30, 2.0, 2.4, 10)
     assert o.evals == {"oracle": 0.75, "general": 0.5}
     (a.path / "eval.json").write_text("{truncated")
-    assert "cannot read eval record" in list_entries()[1].problems[0]
+    assert "eval.json: cannot read" in list_entries()[1].problems[0]
 
 
 def _publish_worker(src: str, root: str, barrier, queue) -> None:
@@ -248,8 +248,10 @@ def test_cli_list_show_rm(reg, tmp_path):
 def test_load_model_attaches_a_registry_adapter(reg, tmp_path, tiny_gguf):
     import mlx.core as mx
 
+    from iceburg_mlx.adapters import load_with_adapter
     from iceburg_mlx.models import load_model
-    from iceburg_mlx.train.lora import adapter_layers, apply_lora, save_adapters
+    from iceburg_mlx.adapters.layers import adapter_layers, apply_lora
+    from iceburg_mlx.adapters.files import save_adapters
 
     gguf = str(tiny_gguf("F32"))
     trained = load_model(gguf)
@@ -261,12 +263,12 @@ def test_load_model_attaches_a_registry_adapter(reg, tmp_path, tiny_gguf):
     tokens = mx.array([[5, 9, 40, 77, 12]])
     want = trained.model(tokens)
     base = load_model(gguf).model(tokens)
-    loaded = load_model(gguf, adapter="oracle")
+    loaded = load_with_adapter(gguf, adapter="oracle")
     got = loaded.model(tokens)
     assert loaded.info["adapter_name"] == "oracle@1" and loaded.info["adapter"] == str(reg / "oracle" / "1")
     assert mx.allclose(got, want, atol=1e-4).item() and not mx.allclose(got, base, atol=1e-2).item()
     with pytest.raises(AdapterError, match="oracle@2 not found"):
-        load_model(gguf, adapter="oracle@2")
+        load_with_adapter(gguf, adapter="oracle@2")
 
 
 def test_an_adapter_brings_its_training_system_prompt(reg, tmp_path, tiny_gguf):
@@ -277,7 +279,8 @@ def test_an_adapter_brings_its_training_system_prompt(reg, tmp_path, tiny_gguf):
     from iceburg_mlx.adapters import role_system_prompt
     from iceburg_mlx.cli.main import app
     from iceburg_mlx.models import load_model
-    from iceburg_mlx.train.lora import apply_lora, save_adapters
+    from iceburg_mlx.adapters.layers import apply_lora
+    from iceburg_mlx.adapters.files import save_adapters
 
     gguf = str(tiny_gguf("F32"))
     m = load_model(gguf)

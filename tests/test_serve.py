@@ -12,7 +12,9 @@ import urllib.request
 import pytest
 from serve_fixtures import ROLES
 
-from iceburg_mlx.generation import chat_prompt, generate
+from iceburg_mlx.generation import generate
+from iceburg_mlx.templates import chat_prompt
+from iceburg_mlx.adapters import load_with_adapter
 from iceburg_mlx.models import load_model
 from iceburg_mlx.sampling import SamplingParams
 
@@ -22,9 +24,9 @@ PROMPTS = ["the tin man", "a", "in the end there was nothing", "hello there", "x
 
 @pytest.fixture(scope="module")
 def references(registry):
-    """Library `generate` with load_model(..., adapter=...) per role (None = the base)."""
+    """Library `generate` with load_with_adapter(..., adapter=...) per role (None = the base)."""
     gguf, _, paths = registry
-    return {None: load_model(str(gguf)), **{r: load_model(str(gguf), adapter=str(paths[r])) for r in ROLES}}
+    return {None: load_model(str(gguf)), **{r: load_with_adapter(str(gguf), adapter=str(paths[r])) for r in ROLES}}
 
 
 def expected(references, role, content, **kw):

@@ -10,6 +10,7 @@ import pytest
 from serve_fixtures import make_adapter
 
 from iceburg_mlx.errors import AdapterError
+from iceburg_mlx.adapters import load_with_adapter
 from iceburg_mlx.models import load_model
 from iceburg_mlx.serve.multi_lora import AdapterSpec, MultiLoRALinear, attach_multi_lora
 
@@ -32,7 +33,7 @@ def test_each_row_equals_its_single_adapter_model(adapters):
     slots = [2, 0, 1, 2]
     sel.set(slots)
     got = multi.model(x)
-    refs = {0: load_model(str(gguf)), 1: load_model(str(gguf), adapter=str(a)), 2: load_model(str(gguf), adapter=str(b))}
+    refs = {0: load_model(str(gguf)), 1: load_with_adapter(str(gguf), adapter=str(a)), 2: load_with_adapter(str(gguf), adapter=str(b))}
     for row, slot in enumerate(slots):
         want = refs[slot].model(x[row:row + 1])[0]
         np.testing.assert_allclose(np.array(got[row]), np.array(want), rtol=1e-4, atol=1e-4)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from iceburg_mlx.generation import chat_prompt, generate
+from iceburg_mlx.generation import generate
+from iceburg_mlx.templates import chat_prompt
 from iceburg_mlx.models import load_model
 from iceburg_mlx.sampling import SamplingParams
 

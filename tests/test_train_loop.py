@@ -8,8 +8,10 @@ import pytest
 from mlx.utils import tree_flatten
 
 from iceburg_mlx.errors import DataError
+from iceburg_mlx.adapters import load_with_adapter
 from iceburg_mlx.models import load_model
-from iceburg_mlx.train import batching, lora
+from iceburg_mlx.train import batching
+from iceburg_mlx.adapters import files, layers
 from iceburg_mlx.train.config import LoraConfig, recipe_from_dict
 from iceburg_mlx.train.examples import Example, build_examples
 from iceburg_mlx.train.loop import Callbacks, LoopConfig, LoopState, Trainer, TrainingDivergedError, \
@@ -52,8 +54,8 @@ def test_packed_and_unpacked_give_the_same_loss_and_gradients(tiny_gguf):
     import mlx.nn as nn
 
     loaded = load_model(str(tiny_gguf("F32")))
-    lora.apply_lora(loaded.model, LoraConfig(rank=4, alpha=8))
-    for _, layer in lora.adapter_layers(loaded.model):  # non-zero B so LoRA gradients are not trivial
+    layers.apply_lora(loaded.model, LoraConfig(rank=4, alpha=8))
+    for _, layer in layers.adapter_layers(loaded.model):  # non-zero B so LoRA gradients are not trivial
         layer.lora_b = mx.random.normal(layer.lora_b.shape) * 0.05
     rng = np.random.default_rng(1)
     exs = []
@@ -137,14 +139,14 @@ def test_qlora_trains_a_quantized_base(tmp_path, tiny_gguf):
     res = train_from_recipe(r, TrainOptions(runs_dir=tmp_path / "q", publish=False))
     ls = losses(res.metrics)
     assert ls[-1] < ls[0]
-    loaded = load_model(str(tiny_gguf("Q4_0")), compute="quantized", adapter=str(res.adapter_dir))
+    loaded = load_with_adapter(str(tiny_gguf("Q4_0")), compute="quantized", adapter=str(res.adapter_dir))
     layer = loaded.model.layers[0].self_attn.q_proj
     assert isinstance(layer.linear, nn.QuantizedLinear)
 
 
 def test_nan_loss_stops_with_the_step(tiny_gguf, tmp_path):
     loaded = load_model(str(tiny_gguf("F32")))
-    lora.apply_lora(loaded.model, LoraConfig(rank=2, alpha=4))
+    layers.apply_lora(loaded.model, LoraConfig(rank=2, alpha=4))
     import mlx.optimizers as optim
 
     def bad_objective(model, arrays, k, for_grad=True):
@@ -152,7 +154,7 @@ def test_nan_loss_stops_with_the_step(tiny_gguf, tmp_path):
         return loss * mx.array(float("nan")), n
 
     tr = Trainer(loaded.model, optim.Adam(learning_rate=1e-3), bad_objective, LoopConfig(steps=3), tmp_path,
-                 lambda m, p: lora.save_adapters(m, p))
+                 lambda m, p: files.save_adapters(m, p))
     exs = [Example([1, 5, 6, 7, 8, 2], [0, 0, 1, 1, 1, 1])] * 4
     it = batching.iterate(exs, 2, 0, False, 32)
     with pytest.raises(TrainingDivergedError, match="at step 1"):

@@ -27,9 +27,10 @@ def test_train_registers_an_adapter_that_mlx_lm_loads(smollm_path, tmp_path):
         assert (entry / f).is_file(), f
 
     from iceburg_mlx.export import FuseOptions, fuse
+    from iceburg_mlx.adapters import load_with_adapter
     from iceburg_mlx.models import load_model
 
-    ours = load_model(adapter=str(entry))
+    ours = load_with_adapter(adapter=str(entry))
     hf_dir = tmp_path / "smollm2-hf"
     fuse(FuseOptions(out=hf_dir, dequantize=True))  # the same base in Hugging Face layout
     from mlx_lm.utils import load as mlx_lm_load

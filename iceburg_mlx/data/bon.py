@@ -127,17 +127,3 @@ def best_of_n_pairs(prompts: Sequence[Messages], sample: Callable[[Messages, int
         if on_prompt:
             on_prompt(i + 1, len(prompts))
     return out, rep
-
-
-def model_sampler(model, tokenizer, temperature: float = 0.8, top_p: float = 0.95,
-                  max_tokens: int = 256) -> Callable[[Messages, int, int], list[str]]:
-    """`sample(messages, n, seed)` over `generate_many`: n answers, seeds seed, seed+1, ..."""
-    from iceburg_mlx.generation import chat_prompt, generate_many
-    from iceburg_mlx.sampling import SamplingParams
-
-    def sample(messages: Messages, n: int, seed: int) -> list[str]:
-        ids = chat_prompt(tokenizer, messages)
-        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-        return [g.text for g in generate_many(model, tokenizer, [ids] * n, params)]
-
-    return sample

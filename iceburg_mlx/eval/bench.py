@@ -159,7 +159,8 @@ def run_bench(model, tokenizer, items: Sequence[BenchItem], params: SamplingPara
               on_done: Callable[[int], None] | None = None) -> BenchResult:
     """Answer every item (one `generate_many` call) and check each answer with the bench's checker;
     `on_done(n)` as each answer finishes."""
-    from iceburg_mlx.generation import chat_prompt, generate_many
+    from iceburg_mlx.generation import generate_many
+    from iceburg_mlx.templates import chat_prompt
 
     if not items:
         raise ConfigError("run_bench needs at least one item")
@@ -194,7 +195,8 @@ def contamination_probe(model, tokenizer, params: SamplingParams, mode: str | No
     and answers must not contain markers. mode "completion" (default otherwise): raw text in, and
     a base model must neither print markers or role lines nor emit a marker token.
     """
-    from iceburg_mlx.generation import chat_prompt, generate_many
+    from iceburg_mlx.generation import generate_many
+    from iceburg_mlx.templates import chat_prompt
 
     mode = mode or ("chat" if getattr(tokenizer, "chat_template", None) else "completion")
     if mode not in SENTINEL_PROMPTS:

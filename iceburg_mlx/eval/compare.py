@@ -169,7 +169,8 @@ def run_regression(model, tokenizer, path: str | Path, params: SamplingParams,
                    drift_threshold: float = DRIFT_THRESHOLD) -> dict[str, Any]:
     """Answer a regression set; flag failed checks and answers that drifted from the known-good."""
     from iceburg_mlx.eval.checkers import get_checker
-    from iceburg_mlx.generation import chat_prompt, generate_many
+    from iceburg_mlx.generation import generate_many
+    from iceburg_mlx.templates import chat_prompt
 
     records = load_regression_set(path)
     gens = generate_many(model, tokenizer, [chat_prompt(tokenizer, r["item"].prompt) for r in records], params)

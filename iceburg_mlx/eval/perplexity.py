@@ -21,7 +21,7 @@ from typing import Any
 import mlx.core as mx
 
 from iceburg_mlx.errors import DataError
-from iceburg_mlx.train.examples import assistant_mask  # noqa: F401  (re-exported for eval users)
+from iceburg_mlx.templates import assistant_mask
 from iceburg_mlx.train.losses import body, bucket, lm_head, sequence_logprobs
 
 

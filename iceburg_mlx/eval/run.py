@@ -88,11 +88,11 @@ def evaluate_side(s: Side, items, params, *, perplexity: bool, contamination: bo
     import mlx.core as mx
 
     from iceburg_mlx.eval.bench import evaluate
-    from iceburg_mlx.models import load_model
+    from iceburg_mlx.adapters import load_with_adapter
 
     if progress:
         progress(f"loading {s.label}", 0, 0)
-    loaded = load_model(s.spec, adapter=s.adapter, force=force)
+    loaded = load_with_adapter(s.spec, adapter=s.adapter, force=force)
     try:
         result = evaluate(loaded.model, loaded.tokenizer, items, params, label=s.label, perplexity=perplexity,
                           contamination=contamination, progress=progress, conversations=conversations)

@@ -95,7 +95,7 @@ def _base_record(loaded) -> dict:
 
 
 def _adapter_record(spec: str, path: Path) -> dict:
-    from iceburg_mlx.train.lora import read_adapter_config
+    from iceburg_mlx.adapters.files import read_adapter_config
 
     cfg = read_adapter_config(path)
     weights = path / "adapters.safetensors"
@@ -217,7 +217,8 @@ def fuse(opts: FuseOptions, progress: Progress | None = None) -> FuseResult:
     notes: list[str] = []
     if adapter_path is not None:
         from iceburg_mlx.adapters import check_base
-        from iceburg_mlx.train.lora import fuse_model, load_adapters
+        from iceburg_mlx.adapters.layers import fuse_model
+        from iceburg_mlx.adapters.files import load_adapters
 
         warning = check_base(adapter_path, loaded.source.spec, loaded.source.path, opts.adapter, opts.force,
                              loaded.model)

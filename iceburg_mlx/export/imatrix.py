@@ -73,7 +73,7 @@ def _tokens(item: object, where: str, tokenizer) -> list[int]:
     from jinja2 import TemplateError
 
     from iceburg_mlx.data.formats import detect_format, to_messages
-    from iceburg_mlx.generation import chat_prompt
+    from iceburg_mlx.templates import chat_prompt
 
     if isinstance(item, str):
         return list(tokenizer.encode(item, add_special_tokens=False))

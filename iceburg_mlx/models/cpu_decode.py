@@ -119,7 +119,7 @@ def gqa_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None
             return None
     elif mask is not None and (mask.ndim != 4 or mask.shape[1] != 1):
         return None
-    from iceburg_mlx.train.fast_ops import attention
+    from iceburg_mlx.models.fast_ops import attention
 
     return attention(q, k, v, scale, mask)
 

@@ -1,4 +1,4 @@
-"""`load_model(spec)`: resolve, read, build the mlx-lm model, pick the compute form, add adapters."""
+"""`load_model(spec)`: resolve, read, build the mlx-lm model, pick the compute form."""
 
 from __future__ import annotations
 
@@ -179,10 +179,9 @@ def _hub_snapshot(repo: str) -> Path:
         ) from None
 
 
-def load_model(spec: str | None = None, *, compute: str = "auto", adapter: str | None = None,
-               lazy: bool = False, force: bool = False) -> LoadedModel:
-    """Load any supported source into mlx-lm's model classes, in the Hugging Face layout; with
-    `adapter`, attach it (refused when trained on another base unless `force`)."""
+def load_model(spec: str | None = None, *, compute: str = "auto", lazy: bool = False) -> LoadedModel:
+    """Load any supported source into mlx-lm's model classes, in the Hugging Face layout (adapters:
+    `iceburg_mlx.adapters.load_with_adapter`)."""
     import mlx.core as mx
     from mlx_lm.utils import get_total_parameters
 
@@ -224,12 +223,7 @@ def load_model(spec: str | None = None, *, compute: str = "auto", adapter: str |
     if not lazy:
         mx.eval(model.parameters())
     info.update({"n_params": n_params, "quantized_source": quantized})
-    loaded = LoadedModel(model, tokenizer, config, src, mode, info)
-    if adapter:
-        from iceburg_mlx.adapters import attach_adapter
-
-        attach_adapter(loaded, adapter, force=force)
-    return loaded
+    return LoadedModel(model, tokenizer, config, src, mode, info)
 
 
 _DTYPES = ("float32", "float16", "bfloat16")

@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from iceburg_mlx.generation import BatchEvent, chat_prompt
+from iceburg_mlx.generation import BatchEvent
+from iceburg_mlx.templates import chat_prompt
 from iceburg_mlx.serve import protocol as P
 from iceburg_mlx.serve.engine import Job, Overloaded
 from iceburg_mlx.serve.state import ServerState

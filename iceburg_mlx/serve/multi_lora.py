@@ -31,7 +31,8 @@ from mlx import nn
 from mlx.utils import tree_unflatten
 
 from iceburg_mlx.errors import AdapterError
-from iceburg_mlx.train.lora import ADAPTER_FILE, _dims, read_adapter_config
+from iceburg_mlx.adapters.layers import dims
+from iceburg_mlx.adapters.files import WEIGHTS_FILE, read_adapter_config
 
 
 class AdapterSelector:
@@ -106,7 +107,7 @@ def _read(spec: AdapterSpec) -> tuple[float, dict[str, dict[str, mx.array]]]:
         raise AdapterError(f"{spec.path}: {config.get('fine_tune_type')} adapters cannot be served side by "
                            "side (supported: lora); fuse it into the base instead")
     scale = float(config["lora_parameters"]["scale"])
-    file = spec.path / ADAPTER_FILE
+    file = spec.path / WEIGHTS_FILE
     try:
         weights = mx.load(str(file))
     except (OSError, RuntimeError, ValueError) as e:
@@ -142,7 +143,7 @@ def attach_multi_lora(model: nn.Module, adapters: Sequence[AdapterSpec]) -> Adap
             if set(leaves) != {"lora_a", "lora_b"}:
                 raise AdapterError(f"{spec.name} ({spec.path}): {path} needs both lora_a and lora_b")
             a, b = leaves["lora_a"], leaves["lora_b"]
-            in_dims, out_dims = _dims(linears[path])
+            in_dims, out_dims = dims(linears[path])
             if a.ndim != 2 or b.ndim != 2 or a.shape[0] != in_dims or b.shape[1] != out_dims or a.shape[1] != b.shape[0]:
                 raise AdapterError(f"{spec.name} ({spec.path}): {path} lora_a {tuple(a.shape)} / lora_b "
                                    f"{tuple(b.shape)} do not fit a {in_dims}->{out_dims} linear")

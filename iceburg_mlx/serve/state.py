@@ -17,6 +17,7 @@ from pathlib import Path
 
 from iceburg_mlx.errors import AdapterError
 from iceburg_mlx.serve.protocol import APIError, Limits
+from iceburg_mlx.templates import with_system
 
 log = logging.getLogger(__name__)
 PREFIX, AUTO = "iceburg-", "iceburg-auto"
@@ -33,9 +34,7 @@ class ServedModel:
 
     def with_system(self, messages: list[dict]) -> list[dict]:
         """`messages` with the role's system prompt first when they carry no system message."""
-        if self.system_prompt and not any(m.get("role") == "system" for m in messages):
-            return [{"role": "system", "content": self.system_prompt}, *messages]
-        return messages
+        return with_system(messages, self.system_prompt)
 
     def card(self, base_id: str, created: int) -> dict:
         card = {"id": self.id, "object": "model", "created": created, "owned_by": "iceburg-mlx"}
@@ -95,7 +94,7 @@ def base_name(spec: str | None, source) -> str:
 
 def resolve_adapters(names: Sequence[str] | None, adapters_dir: str | os.PathLike | None):
     """Registry refs for `names` (None: every role's newest version)."""
-    from iceburg_mlx.train import registry
+    from iceburg_mlx.adapters import registry
 
     if names is None:
         names = registry.roles(adapters_dir)
@@ -121,7 +120,7 @@ def load_state(model: str | None = None, adapters: Sequence[str] | None = None,
     from iceburg_mlx.serve.engine import Engine
     from iceburg_mlx.serve.multi_lora import AdapterSpec, attach_multi_lora
     from iceburg_mlx.serve.router import load_router
-    from iceburg_mlx.train.registry import adapters_root
+    from iceburg_mlx.adapters.registry import adapters_root
 
     limits = limits or Limits()
     refs = resolve_adapters(adapters, adapters_dir)

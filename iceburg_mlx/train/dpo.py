@@ -61,7 +61,7 @@ def check_init_adapter(recipe, adapters_dir=None) -> Path | None:
     if not spec:
         return None
     from iceburg_mlx.adapters import base_mismatch, resolve_adapter_path
-    from iceburg_mlx.train.lora import read_adapter_config
+    from iceburg_mlx.adapters.files import read_adapter_config
 
     try:
         path = resolve_adapter_path(spec, adapters_dir)
@@ -89,7 +89,7 @@ def prepare(recipe, model, tokenizer, *, base_path, train_path: Path, valid_path
     """Pairs (train, held-out), the init adapter loaded into `model`, the reference log-probs."""
     import mlx.core as mx
 
-    from iceburg_mlx.train import lora
+    from iceburg_mlx.adapters import files, layers
     from iceburg_mlx.train.losses import is_reference_free
 
     d, m = recipe.data, recipe.method
@@ -106,9 +106,9 @@ def prepare(recipe, model, tokenizer, *, base_path, train_path: Path, valid_path
              f"({prefs.VALID_FRACTION:.0%}, at least {prefs.MIN_VALID})")
     init_sha = None
     if init_dir is not None:
-        lora.load_adapters(model, init_dir)
+        files.load_adapters(model, init_dir)
         mx.eval(model.parameters())
-        init_sha = sha256_file(init_dir / lora.ADAPTER_FILE)
+        init_sha = sha256_file(init_dir / files.WEIGHTS_FILE)
         note(f"dpo: policy and reference start from {recipe.method.init_adapter} ({init_dir})")
     prov = {"method": "dpo", "loss": m.loss, "beta": m.beta, "label_smoothing": m.label_smoothing,
             "init_adapter": str(init_dir) if init_dir else None, "init_adapter_sha256": init_sha,
@@ -122,7 +122,7 @@ def prepare(recipe, model, tokenizer, *, base_path, train_path: Path, valid_path
         key = prefs.cache_key(data_sha256=sha256_file(path), base=base_id, init_adapter=init_sha,
                               max_seq_len=d.max_seq_len, overlong=d.overlong, system_prompt=sysp,
                               compute=recipe.model.compute_dtype)
-        ctx = lora.adapters_disabled(model) if init_dir is None else contextlib.nullcontext()
+        ctx = layers.adapters_disabled(model) if init_dir is None else contextlib.nullcontext()
         with ctx:
             report = (lambda done, total: progress(f"reference log-probs ({path.name})", done, total)) \
                 if progress else None

@@ -13,29 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iceburg_mlx.chat import common_prefix
 from iceburg_mlx.errors import DataError
-from iceburg_mlx.generation import chat_prompt, stop_ids
-
-
-def assistant_mask(tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
-    """(token ids of the whole conversation, 1 on assistant-answer tokens and 0 elsewhere)."""
-    if not any(m.get("role") == "assistant" for m in messages):
-        raise DataError("conversation has no assistant turn to score")
-    ids = chat_prompt(tokenizer, messages, add_generation_prompt=False)
-    eos = stop_ids(tokenizer)
-    mask = [0] * len(ids)
-    for i, m in enumerate(messages):
-        if m.get("role") != "assistant":
-            continue
-        start = common_prefix(ids, chat_prompt(tokenizer, messages[:i], add_generation_prompt=True)) if i else 0
-        end = common_prefix(ids, chat_prompt(tokenizer, messages[: i + 1], add_generation_prompt=False))
-        stops = [j for j in range(start, end) if ids[j] in eos]
-        if stops:  # end at the end-of-turn token: the template's newline after it is not the answer
-            end = stops[-1] + 1
-        for j in range(start, end):
-            mask[j] = 1
-    return ids, mask
+from iceburg_mlx.templates import assistant_mask, with_system
 
 
 @dataclass
@@ -78,12 +57,6 @@ class BuildReport:
         if self.skipped_invalid:
             why.append(f"{self.skipped_invalid} failed validation and were skipped (data.skip_invalid)")
         return DataError(f"{path}: no usable {what}: of {seen} records, " + "; ".join(why))
-
-
-def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
-    if system_prompt and (not messages or messages[0].get("role") != "system"):
-        return [{"role": "system", "content": system_prompt}] + messages
-    return messages
 
 
 def build_examples(tokenizer, path: str | Path, max_seq_len: int, overlong: str = "truncate",

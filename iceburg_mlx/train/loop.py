@@ -258,7 +258,7 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------
     def run(self, batches: Iterator[tuple[int, int, Batch]], st: LoopState, val: list[Batch] | None = None,
             cb: Callbacks | None = None) -> LoopState:
-        from iceburg_mlx.train.fast_ops import fast_swiglu
+        from iceburg_mlx.models.fast_ops import fast_swiglu
 
         with fast_swiglu(self.model) if self.cfg.fast_activations else contextlib.nullcontext():
             return self._run(batches, st, val, cb)

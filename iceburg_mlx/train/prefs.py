@@ -20,7 +20,8 @@ import numpy as np
 
 from iceburg_mlx.errors import DataError
 from iceburg_mlx.train.batching import Batch, epoch_order, pad_rows
-from iceburg_mlx.train.examples import BuildReport, Example, assistant_mask, with_system
+from iceburg_mlx.templates import assistant_mask, with_system
+from iceburg_mlx.train.examples import BuildReport, Example
 
 VALID_FRACTION = 0.1     # held-out share of a preference file when no data.valid is given
 MIN_VALID = 8            # ... but at least this many pairs (when the file has 4x as many)

@@ -83,7 +83,8 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
 
     from iceburg_mlx import hardware
     from iceburg_mlx.models import load_model
-    from iceburg_mlx.train import batching, lora
+    from iceburg_mlx.train import batching
+    from iceburg_mlx.adapters import files, layers
     from iceburg_mlx.train.loop import Callbacks, LoopConfig, Trainer
     from iceburg_mlx.train.objectives import make_objective
     from iceburg_mlx.train.provenance import collect
@@ -114,11 +115,11 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
         _note(opts, f"{dev.backend}: training on f32 weights dequantized from the quantized base "
                     "(quantized matmuls do not use BLAS on CPU; a q4 LoRA step ran ~25x slower)")
     model, tok = loaded.model, loaded.tokenizer
-    n_wrapped = lora.apply_lora(model, recipe.lora)
+    n_wrapped = layers.apply_lora(model, recipe.lora)
     if recipe.train.grad_checkpointing:
         _checkpoint_blocks(model)
     _note(opts, f"{'DoRA' if recipe.lora.dora else 'LoRA'} r{recipe.lora.rank} on {n_wrapped} layers, "
-                f"{lora.trainable_parameter_count(model) / 1e6:.2f} M trainable parameters")
+                f"{layers.trainable_parameter_count(model) / 1e6:.2f} M trainable parameters")
 
     if is_dpo:  # pairs, held-out split, init adapter, cached reference log-probs
         data = dpo.prepare(recipe, model, tok, base_path=loaded.source.path, train_path=train_path,
@@ -154,13 +155,13 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     identity = {"base_model": recipe.model.base, "base_fingerprint": base_fingerprint(model), "role": role}
 
     def save_adapter(m, path):
-        lora.save_adapters(m, path, extra_config=identity)
+        files.save_adapters(m, path, extra_config=identity)
 
     trainer = Trainer(model, opt, objective, cfg, run_dir, save_adapter, group)
     if is_dpo:
         trainer.to_arrays, trainer.gather = prefs.pref_arrays, prefs.pref_gather
     if opts.resume:
-        st = trainer.load_checkpoint(_latest_checkpoint(run_dir), lora.load_adapters)
+        st = trainer.load_checkpoint(_latest_checkpoint(run_dir), files.load_adapters)
         metrics = [m for m in metrics if m.get("step", 0) <= st.step]
         _note(opts, f"resumed {run_dir} at step {st.step}")
     recipe_text = _dump_recipe(recipe)
@@ -211,7 +212,7 @@ def train_from_recipe(recipe, opts: TrainOptions) -> TrainResult:
     result = TrainResult(run_dir, st.step, train_losses[-1] if train_losses else None,
                          None if math.isinf(st.best_val) else st.best_val, final, None, rep.as_dict(), cb.metrics)
     if rank == 0 and opts.publish:
-        from iceburg_mlx.train.registry import publish
+        from iceburg_mlx.adapters.registry import publish
 
         ref = publish(final, role, opts.adapters_dir)
         result.registry_name = ref.name

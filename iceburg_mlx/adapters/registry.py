@@ -29,12 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iceburg_mlx.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from iceburg_mlx.adapters.files import (
+    CONFIG_FILE,
+    EVAL_FILE,
+    METRICS_FILE,
+    PROVENANCE_FILE,
+    RECIPE_FILE,
+    WEIGHTS_FILE,
+    check_dir,
+    read_json,
+)
 from iceburg_mlx.errors import AdapterError, IceburgError
 
 ENV_VAR = "ICEBURG_MLX_ADAPTERS"
 LOCK_FILE = ".lock"
-RECIPE, METRICS, PROVENANCE, EVAL_JSON = "recipe.yaml", "metrics.jsonl", "provenance.json", "eval.json"
 ROLE_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 NAME_RE = re.compile(r"(?P<role>[a-z0-9][a-z0-9_-]*)(?:@(?P<version>[0-9]+))?")
 _VERSION_RE = re.compile(r"[1-9][0-9]*")
@@ -154,24 +162,12 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def check_adapter_dir(path: Path) -> Path:
-    """`path` holds adapters.safetensors and a readable adapter_config.json (a JSON object)."""
-    if not path.is_dir():
-        raise AdapterError(f"{path}: not a directory")
-    missing = [n for n in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) if not (path / n).is_file()]
-    if missing:
-        raise AdapterError(f"{path}: not an adapter directory (missing {', '.join(missing)})")
-    if not isinstance(_read_json(path / ADAPTER_CONFIG), dict):
-        raise AdapterError(f"{path / ADAPTER_CONFIG}: not a JSON object")
-    return path
-
-
 def publish(src_dir: str | os.PathLike, role: str, adapters_dir: str | os.PathLike | None = None,
             move: bool = False) -> AdapterRef:
     """Copy (or move) the finished adapter directory `src_dir` into `<role>/<next version>/`."""
     check_role(role)
     src = Path(src_dir).expanduser()
-    check_adapter_dir(src)
+    check_dir(src)
     root = adapters_root(adapters_dir)
     role_dir = root / role
     try:
@@ -265,15 +261,6 @@ def remove(spec: str, adapters_dir: str | os.PathLike | None = None) -> AdapterR
 
 # ---- reading an entry ------------------------------------------------------------------------
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise AdapterError(f"{path}: cannot read ({e})") from None
-
-
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
@@ -281,7 +268,7 @@ def _num(x: Any) -> float | None:
 def read_metrics(path: str | os.PathLike) -> MetricsSummary:
     """Summarise metrics.jsonl (an entry directory or the file); unreadable lines are skipped."""
     p = Path(path)
-    p = p / METRICS if p.is_dir() else p
+    p = p / METRICS_FILE if p.is_dir() else p
     steps = final = best = best_step = None
     n = 0
     try:
@@ -322,18 +309,15 @@ def _created(provenance: dict[str, Any], path: Path) -> _dt.datetime:
         with contextlib.suppress(ValueError):
             t = _dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
             return t if t.tzinfo else t.astimezone()  # naive: local time
-    weights = path / ADAPTER_WEIGHTS
+    weights = path / WEIGHTS_FILE
     mtime = (weights if weights.exists() else path).stat().st_mtime
     return _dt.datetime.fromtimestamp(mtime, tz=_dt.timezone.utc)
 
 
 def _read_eval(path: Path) -> dict[str, Any] | None:
-    """eval.json through the eval package's reader (imported only when there is one: it loads MLX)."""
-    if not (path / EVAL_JSON).is_file():
-        return None
-    from iceburg_mlx.eval.report import read_eval_json
-
-    return read_eval_json(path)
+    """The entry's eval.json (written by `iceburg-mlx eval --out`), or None."""
+    record = read_json(path / EVAL_FILE)
+    return record if isinstance(record, dict) else None
 
 
 def entry_info(ref: AdapterRef) -> AdapterInfo:
@@ -348,8 +332,8 @@ def entry_info(ref: AdapterRef) -> AdapterInfo:
             return default
         return default if value is None else value
 
-    provenance = attempt(lambda: _read_json(ref.path / PROVENANCE), {})
-    config = attempt(lambda: _read_json(ref.path / ADAPTER_CONFIG), {})
+    provenance = attempt(lambda: read_json(ref.path / PROVENANCE_FILE), {})
+    config = attempt(lambda: read_json(ref.path / CONFIG_FILE), {})
     provenance = provenance if isinstance(provenance, dict) else {}
     config = config if isinstance(config, dict) else {}
     base = provenance.get("base") or config.get("base_model")
@@ -370,9 +354,9 @@ def read_entry_files(ref: AdapterRef) -> dict[str, Any]:
     """The raw documents of an entry for display: config, provenance, recipe (a dict), eval record."""
     import yaml
 
-    out: dict[str, Any] = {"config": _read_json(ref.path / ADAPTER_CONFIG),
-                           "provenance": _read_json(ref.path / PROVENANCE), "recipe": None, "eval": None}
-    recipe = ref.path / RECIPE
+    out: dict[str, Any] = {"config": read_json(ref.path / CONFIG_FILE),
+                           "provenance": read_json(ref.path / PROVENANCE_FILE), "recipe": None, "eval": None}
+    recipe = ref.path / RECIPE_FILE
     if recipe.is_file():
         try:
             out["recipe"] = yaml.safe_load(recipe.read_text(encoding="utf-8"))

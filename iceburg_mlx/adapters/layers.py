@@ -2,38 +2,31 @@
 
 An adapter layer wraps the frozen base as `.linear` and adds `lora_a` (input_dims, r) and
 `lora_b` (r, output_dims, zero at init) scaled by alpha / r; DoRA adds the magnitude `m`
-(output_dims,). A quantized base stays quantized (QLoRA). Parameter names, the
-`adapter_config.json` keys and the `adapters.safetensors` file match mlx-lm 0.32, so
-`mlx_lm.utils.load(path, adapter_path=...)` loads what `save_adapters` writes.
+(output_dims,). A quantized base stays quantized (QLoRA). Parameter names match mlx-lm 0.32.
 
 Every adapter layer has `from_base()`, `fuse()` and a `disabled` flag; `adapters_disabled(model)`
 turns the model back into its base for a DPO reference forward without a second copy of the
 weights. The flag is read when a function is traced: compile the reference forward separately.
+Files (save, load, config) are `adapters.files`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from iceburg_mlx.atomic import ensure_dir, write_text, write_with
 from iceburg_mlx.errors import AdapterError, ConfigError
 
-ADAPTER_FILE = "adapters.safetensors"
-CONFIG_FILE = "adapter_config.json"
 ADAPTER_LEAVES = ("lora_a", "lora_b", "m")
 
 
-def _dims(linear: nn.Module) -> tuple[int, int]:
+def dims(linear: nn.Module) -> tuple[int, int]:
     out_dims, packed = linear.weight.shape
     if isinstance(linear, nn.QuantizedLinear):
         return packed * 32 // linear.bits, out_dims
@@ -67,7 +60,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         if r < 1:
             raise ConfigError(f"lora.rank: must be >= 1, got {r}")
-        in_dims, out_dims = _dims(linear)
+        in_dims, out_dims = dims(linear)
         self.linear = linear
         self.rank, self.alpha, self.p_dropout = int(r), float(alpha), float(dropout)
         self.scale = self.alpha / self.rank
@@ -177,7 +170,7 @@ def _cfg(cfg: Any, key: str, default: Any = None) -> Any:
     return getattr(cfg, key, default)
 
 
-def _blocks(model: nn.Module) -> list[nn.Module]:
+def blocks(model: nn.Module) -> list[nn.Module]:
     layers = getattr(model, "layers", None)
     if layers is None:
         raise AdapterError(f"{type(model).__name__} has no `layers` list of transformer blocks")
@@ -201,14 +194,14 @@ def apply_lora(model: nn.Module, cfg: Any) -> int:
     n = _cfg(cfg, "layers", -1)
     n = -1 if n in ("all", None) else int(n)
     layer_cls = DoRALinear if _cfg(cfg, "dora", False) else LoRALinear
-    blocks = _blocks(model)
+    all_blocks = blocks(model)
     if n == 0 or n < -1:
         raise ConfigError(f"lora.layers: must be >= 1, or -1/'all', got {n}")
     if not targets:
         raise ConfigError("lora.target_modules: must name at least one module")
     if adapter_layers(model):
         raise AdapterError("model already has adapters; load into it with load_adapters()")
-    chosen = blocks if n == -1 else blocks[-min(n, len(blocks)):]
+    chosen = all_blocks if n == -1 else all_blocks[-min(n, len(all_blocks)):]
     model.freeze()
     count = 0
     for block in chosen:
@@ -222,7 +215,7 @@ def apply_lora(model: nn.Module, cfg: Any) -> int:
             block.update_modules(tree_unflatten(wrapped))
             count += len(wrapped)
     if count == 0:
-        names = sorted({p for b in blocks[:1] for p, m in b.named_modules()
+        names = sorted({p for b in all_blocks[:1] for p, m in b.named_modules()
                         if isinstance(m, (nn.Linear, nn.QuantizedLinear))})
         raise ConfigError(f"lora.target_modules: none of {list(targets)} found in the blocks; "
                           f"linears there: {', '.join(names)}")
@@ -238,38 +231,6 @@ def fuse_model(model: nn.Module, dequantize: bool = False) -> int:
     return len(fused)
 
 
-def adapter_config_dict(model: nn.Module, extra: Mapping[str, Any] | None = None) -> dict:
-    """An mlx-lm compatible adapter_config.json dict describing the adapters in `model`.
-
-    mlx-lm's `load_adapters` reads fine_tune_type, num_layers (counted from the last block) and
-    lora_parameters {rank, scale, dropout, keys} (it needs `scale`, not alpha; keys are paths
-    inside a block). `alpha` is kept as an extra for us; `extra` adds top-level keys.
-    """
-    layers = adapter_layers(model)
-    if not layers:
-        raise AdapterError("model has no adapters")
-    blocks = _blocks(model)
-    first, keys = len(blocks), set()
-    kinds = {type(m) for _, m in layers}
-    shapes = {(m.rank, m.alpha, m.p_dropout) for _, m in layers}
-    if len(kinds) > 1 or len(shapes) > 1:
-        raise AdapterError("adapters differ in kind, rank, alpha or dropout; mlx-lm's format needs one setting")
-    for i, block in enumerate(blocks):
-        for path, m in block.named_modules():
-            if isinstance(m, LoRALinear):
-                first = min(first, i)
-                keys.add(path)
-    rank, alpha, p = shapes.pop()
-    config = {
-        "fine_tune_type": "dora" if kinds.pop() is DoRALinear else "lora",
-        "num_layers": len(blocks) - first,
-        "lora_parameters": {"rank": rank, "scale": alpha / rank, "dropout": p,
-                            "keys": sorted(keys), "alpha": alpha},
-    }
-    config.update(extra or {})
-    return config
-
-
 def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
     """The adapter arrays by their full parameter path (mlx-lm's names)."""
     out = {}
@@ -278,78 +239,6 @@ def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
             if leaf in layer:
                 out[f"{name}.{leaf}"] = layer[leaf]
     return out
-
-
-def save_adapters(model: nn.Module, path: str | os.PathLike, extra_config: Mapping[str, Any] | None = None) -> Path:
-    """Write `adapters.safetensors` and `adapter_config.json` into directory `path` (each atomically)."""
-    out = ensure_dir(path)
-    config = adapter_config_dict(model, extra_config)
-    weights = adapter_weights(model)
-    mx.eval(weights)
-    write_with(out / ADAPTER_FILE, lambda t: mx.save_safetensors(str(t), weights, metadata={"format": "mlx"}),
-               suffix=".safetensors")
-    write_text(out / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return out
-
-
-def read_adapter_config(path: str | os.PathLike) -> dict:
-    """adapter_config.json of an adapter directory, checked for what we can load."""
-    file = Path(path) / CONFIG_FILE
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AdapterError(f"{file}: no adapter config (is {path} an adapter directory?)") from None
-    except (OSError, ValueError) as e:
-        raise AdapterError(f"{file}: cannot read: {e}") from None
-    kind = config.get("fine_tune_type", "lora")
-    if kind not in ("lora", "dora"):
-        raise AdapterError(f"{file}: fine_tune_type {kind!r} is not supported (lora, dora)")
-    params = config.get("lora_parameters") or {}
-    if "rank" not in params or "scale" not in params or "num_layers" not in config:
-        raise AdapterError(f"{file}: needs num_layers and lora_parameters.rank/scale")
-    return config
-
-
-def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load adapters saved by `save_adapters` (or mlx-lm) into `model`, wrapping it first if bare.
-
-    A model that already has adapters of the same layout just gets the weights (e.g. a DPO run
-    starting from an SFT adapter). The adapters are left trainable and the base frozen.
-    """
-    config = read_adapter_config(path)
-    params = config["lora_parameters"]
-    rank, scale = int(params["rank"]), float(params["scale"])
-    dora = config.get("fine_tune_type") == "dora"
-    existing = adapter_layers(model)
-    if not existing:
-        keys = params.get("keys")
-        if not keys:  # mlx-lm's default: every linear in the block
-            keys = sorted({p for b in _blocks(model) for p, m in b.named_modules()
-                           if isinstance(m, (nn.Linear, nn.QuantizedLinear))})
-        num_layers = int(config["num_layers"])
-        apply_lora(model, {"rank": rank, "alpha": params.get("alpha", scale * rank),
-                           "dropout": params.get("dropout", 0.0), "target_modules": tuple(keys),
-                           "layers": num_layers if num_layers > 0 else -1, "dora": dora})
-    else:
-        for name, layer in existing:
-            if (layer.rank, isinstance(layer, DoRALinear)) != (rank, dora) or not math.isclose(layer.scale, scale):
-                raise AdapterError(f"{Path(path) / CONFIG_FILE}: rank {rank}, scale {scale:g}, "
-                                   f"{'dora' if dora else 'lora'} does not match the model's adapter {name}")
-    file = Path(path) / ADAPTER_FILE
-    try:
-        weights = mx.load(str(file))
-    except (OSError, RuntimeError, ValueError) as e:
-        raise AdapterError(f"{file}: cannot read adapter weights: {e}") from None
-    have = adapter_weights(model)
-    problems = [f"{k}: not an adapter parameter of this model" for k in weights if k not in have]
-    problems += [f"{k}: shape {tuple(w.shape)} != model's {tuple(have[k].shape)}"
-                 for k, w in weights.items() if k in have and w.shape != have[k].shape]
-    problems += [f"{k}: missing from the file" for k in have if k not in weights]
-    if problems:
-        raise AdapterError(f"{file}: does not fit the model: {problems[0]}"
-                           + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    model.load_weights(list(weights.items()), strict=False)
-    return model
 
 
 def trainable_parameter_count(model: nn.Module) -> int:
