@@ -60,28 +60,27 @@ def interleaved(fns: dict, steps: int, warmup: int) -> dict:
 def ours(loaded, recipe, pairs, steps, warmup):
     from iceburg_mlx.train import prefs
     from iceburg_mlx.adapters import layers
-    from iceburg_mlx.train.loop import LoopConfig, Trainer
-    from iceburg_mlx.train.objectives import make_objective
+    from iceburg_mlx.train.loop import make_step
+    from iceburg_mlx.train.methods.dpo import dpo_objective
     from iceburg_mlx.train.schedule import make_optimizer
 
     model, pad = loaded.model, loaded.tokenizer.pad_token_id or 0
     with layers.adapters_disabled(model):
         ref = prefs.compute_reference(model, pairs, len(pairs), pad)
     opt = make_optimizer("adamw", recipe.optim.lr, 0.0, recipe.optim.betas, recipe.optim.eps)
-    tr = Trainer(model, opt, make_objective(recipe.method), LoopConfig(steps=1, grad_clip=1.0), "/tmp",
-                 lambda m, p: None)
-    tr.to_arrays, tr.gather = prefs.pref_arrays, prefs.pref_gather
+    m = recipe.method
+    step, state = make_step(model, opt, dpo_objective(m.loss, m.beta, m.label_smoothing), grad_clip=1.0)
     batch = prefs.make_batch(pairs, pad, ref)
 
     def cached():
-        out = tr.train_step([batch])
-        mx.eval(out, tr.state)
+        out = step([batch])
+        mx.eval(out, state)
 
     def recompute():
         with layers.adapters_disabled(model):
             r = prefs.compute_reference(model, pairs, len(pairs), pad)  # the reference forward, every step
-        out = tr.train_step([prefs.make_batch(pairs, pad, r)])
-        mx.eval(out, tr.state)
+        out = step([prefs.make_batch(pairs, pad, r)])
+        mx.eval(out, state)
 
     return interleaved({"cached": cached, "recompute": recompute}, steps, warmup), batch
 

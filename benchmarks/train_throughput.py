@@ -36,13 +36,12 @@ KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o
 def held_out_loss(model, tok, max_seq_len: int) -> float:
     from iceburg_mlx.train import batching
     from iceburg_mlx.train.examples import build_examples
-    from iceburg_mlx.train.loop import batch_arrays, gather_size
-    from iceburg_mlx.train.objectives import sft_objective
+    from iceburg_mlx.train.methods.sft import sft_objective
 
     exs, _ = build_examples(tok, REPO / "data/oracle/prefs.jsonl", max_seq_len)
     tot = cnt = 0.0
     for b in batching.epoch_batches(exs, 4, 0, 0, False, max_seq_len):
-        ls, n = sft_objective(model, batch_arrays(b), gather_size(b), for_grad=False)
+        ls, n, _ = sft_objective(model, b.arrays(), b.gather, for_grad=False)
         mx.eval(ls, n)
         tot, cnt = tot + ls.item(), cnt + n.item()
     return tot / cnt
@@ -51,26 +50,23 @@ def held_out_loss(model, tok, max_seq_len: int) -> float:
 def run_ours(args, packing: bool) -> dict:
     from iceburg_mlx.models import load_model
     from iceburg_mlx.train import batching
-    from iceburg_mlx.adapters import files, layers
+    from iceburg_mlx.adapters import layers
     from iceburg_mlx.train.config import LoraConfig
     from iceburg_mlx.train.examples import build_examples
-    from iceburg_mlx.train.loop import Callbacks, LoopConfig, LoopState, Trainer
-    from iceburg_mlx.train.objectives import sft_objective
+    from iceburg_mlx.train.loop import Callbacks, LoopConfig, train
+    from iceburg_mlx.train.methods.sft import sft_objective
 
     loaded = load_model()
     mx.random.seed(0)
     layers.apply_lora(loaded.model, LoraConfig(rank=args.rank, alpha=2.0 * args.rank))
     exs, _ = build_examples(loaded.tokenizer, REPO / "data/oracle/train.jsonl", args.max_seq_len)
     opt = optim.AdamW(learning_rate=args.lr, weight_decay=0.0)
-    with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(loaded.model, opt, sft_objective, LoopConfig(steps=args.steps), Path(tmp),
-                     lambda m, p: files.save_adapters(m, p))
-        rates = []
-        cb = Callbacks(on_step=lambda info: rates.append(info.tokens_per_sec))
-        mx.reset_peak_memory()
-        it = batching.iterate(exs, args.batch, 0, packing, args.max_seq_len, loaded.tokenizer.pad_token_id or 0)
-        tr.run(it, LoopState(), None, cb)
-        peak = mx.get_peak_memory()
+    rates = []
+    cb = Callbacks(on_step=lambda info: rates.append(info.tokens_per_sec))
+    mx.reset_peak_memory()
+    it = batching.iterate(exs, args.batch, 0, packing, args.max_seq_len, loaded.tokenizer.pad_token_id or 0)
+    train(loaded.model, opt, sft_objective, it, LoopConfig(steps=args.steps), callbacks=cb)
+    peak = mx.get_peak_memory()
     return {"name": "iceburg-mlx" + (" (packed)" if packing else ""), "tok_s": statistics.median(rates[2:]),
             "peak_mib": peak / 2**20, "held_out_loss": held_out_loss(loaded.model, loaded.tokenizer,
                                                                      args.max_seq_len)}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from iceburg_mlx.cli.main import app
+from iceburg_mlx.cli.app import app
 
 adapters_app = typer.Typer(help="List, inspect and remove registered adapters (<dir>/<role>/<version>/).",
                            no_args_is_help=True)

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from iceburg_mlx.cli.main import app
+from iceburg_mlx.cli.app import app
 
 data_app = typer.Typer(help="Validate, dedup, score, split and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -265,39 +265,14 @@ def pairs_cmd(
 
 
 def _bon_pairs(n, prompts, adapter, model, role, min_margin, temperature, max_tokens, seed, hard_negatives):
-    from iceburg_mlx.data.bon import PERTURBATIONS, best_of_n_pairs
-    from iceburg_mlx.generation import sampler
-    from iceburg_mlx.data.formats import split_prompt
-    from iceburg_mlx.data.io import iter_jsonl
-    from iceburg_mlx.data.score import ROLE_RULES
-    from iceburg_mlx.errors import ConfigError, DataError
-    from iceburg_mlx.adapters import load_with_adapter
+    from iceburg_mlx.datagen.bon import BonRequest, sample_pairs
+    from iceburg_mlx.errors import ConfigError
 
     if prompts is None:
         raise ConfigError("--bon needs --prompts FILE")
-    msgs = []
-    for line, rec in iter_jsonl(prompts):
-        try:
-            msgs.append(split_prompt(rec)[0])
-        except DataError as e:
-            raise DataError(f"{prompts}:{line}: {e}") from None
-    cfg = {}
-    if adapter:
-        import json
-
-        from iceburg_mlx.adapters import resolve_adapter_path
-
-        path = resolve_adapter_path(adapter)
-        cfg = json.loads((path / "adapter_config.json").read_text())
-        adapter = str(path)
-    role = role or (cfg.get("role") if cfg.get("role") in ROLE_RULES else None)
-    loaded = load_with_adapter(model or cfg.get("base_model"), adapter=adapter)
     err = _console(stderr=True)
-    err.print(f"sampling {n} answers for each of {len(msgs)} prompts (temperature {temperature}, role {role or 'none'})")
-    pairs, rep = best_of_n_pairs(
-        msgs, sampler(loaded.model, loaded.tokenizer, temperature=temperature, max_tokens=max_tokens),
-        role=role, n=n, min_margin=min_margin, hard_negatives=tuple(PERTURBATIONS) if hard_negatives else (),
-        seed=seed, on_prompt=lambda i, total: err.print(f"  prompt {i}/{total}"))
+    req = BonRequest(prompts, n, adapter, model, role, min_margin, temperature, max_tokens, seed, hard_negatives)
+    pairs, rep = sample_pairs(req, on_prompt=lambda i, total: err.print(f"  prompt {i}/{total}"), on_start=err.print)
     err.print(f"best-of-{n}: {rep.pairs} pairs cleared margin {min_margin}, {rep.below_margin} below it, "
               f"{rep.hard_negatives} hard negatives")
     return pairs

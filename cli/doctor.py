@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from iceburg_mlx.cli.main import app
+from iceburg_mlx.cli.app import app
 
 
 @app.command()

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from iceburg_mlx.cli.main import app
+from iceburg_mlx.cli.app import app
 
 BENCH_CHOICES = ("oracle", "surveyor", "dissident", "synthesist", "general", "all")
 
@@ -76,7 +76,8 @@ def eval_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model (default: smollm2-135m-instruct)."),
     against: Optional[str] = typer.Option(None, "--against", help="Compare with B: 'base' (the model without "
                                           "the adapter), an adapter (registry name or directory), or a model."),
-    bench: str = typer.Option("all", "--bench", "-b", help=f"One of {', '.join(BENCH_CHOICES)}."),
+    bench: str = typer.Option("all", "--bench", "-b", help=f"One of {', '.join(BENCH_CHOICES)}, or several "
+                              "comma-separated; ROLE:SET runs data/ROLE/eval-SET.jsonl (e.g. oracle:v1, the first item set)."),
     n: Optional[int] = typer.Option(None, "--n", help="First N items of each bench (default: all)."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Holds <bench>/eval.jsonl."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write eval.json, report.md and scores.png here."),
@@ -98,8 +99,11 @@ def eval_command(
     from iceburg_mlx.eval.report import write_report
     from iceburg_mlx.eval.run import EvalRequest, resolve_against, run_eval, side
 
-    if bench not in BENCH_CHOICES:
-        raise ConfigError(f"--bench: {bench!r} is not one of {', '.join(BENCH_CHOICES)}")
+    names = [b.strip() for b in bench.split(",") if b.strip()]
+    bad = [b for b in names if b.partition(":")[0] not in BENCH_CHOICES or (b == "all" and len(names) > 1)]
+    if not names or bad:
+        raise ConfigError(f"--bench: {(bad or [bench])[0]!r} is not one of {', '.join(BENCH_CHOICES)} "
+                          "(or ROLE:SET, comma-separated)")
     prev_path = previous or (out if out is not None and (out / "eval.json").is_file() else None)
     req = EvalRequest(a=side(model, adapter), b=resolve_against(against, model, adapter) if against else None,
                       bench=bench, n=n, data_dir=data_dir, seed=seed, max_tokens=max_tokens,

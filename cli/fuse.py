@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from iceburg_mlx.cli.main import app
+from iceburg_mlx.cli.app import app
 
 
 @app.command()

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from iceburg_mlx.cli.main import app
+from iceburg_mlx.cli.app import app
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Model: name, path, Hub repo id or Ollama tag (default: smollm2-135m-instruct).")
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter to apply: registry name (oracle, oracle@3) or directory.")

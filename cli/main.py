@@ -1,4 +1,5 @@
-"""`iceburg-mlx`: the Typer application. Command modules import heavy libraries lazily."""
+"""`iceburg-mlx`: the entry point. The command modules register on `cli.app.app` when imported
+(below); they import heavy libraries lazily, inside each command."""
 
 from __future__ import annotations
 
@@ -7,17 +8,17 @@ import sys
 
 import typer
 
-app = typer.Typer(
-    name="iceburg-mlx",
-    help="Fine-tune, evaluate, serve and export ICEBURG role models with MLX.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
-
-PROG = "iceburg-mlx"
+# each command module registers its commands on `app` when imported
+from iceburg_mlx.cli import adapters as _adapters  # noqa: F401
+from iceburg_mlx.cli import data as _data  # noqa: F401
+from iceburg_mlx.cli import doctor as _doctor  # noqa: F401
+from iceburg_mlx.cli import eval as _eval  # noqa: F401
+from iceburg_mlx.cli import fuse as _fuse  # noqa: F401
+from iceburg_mlx.cli import generate as _generate  # noqa: F401
+from iceburg_mlx.cli import models as _models  # noqa: F401
+from iceburg_mlx.cli import serve as _serve  # noqa: F401
+from iceburg_mlx.cli import train as _train  # noqa: F401
+from iceburg_mlx.cli.app import PROG, app
 
 
 def reexec_argv(args: list[str]) -> list[str]:
@@ -75,11 +76,3 @@ def run() -> None:
     """Console-script entry."""
     _reexec_with_malloc_tuning()
     sys.exit(main())
-
-
-# Command modules register themselves on `app` when imported (one module per command group).
-from iceburg_mlx.cli import doctor, fuse, generate, models, train  # noqa: E402,F401
-from iceburg_mlx.cli import data  # noqa: E402,F401  (the `data` command group, issue 5)
-from iceburg_mlx.cli import eval as _eval  # noqa: E402,F401
-from iceburg_mlx.cli import adapters as _adapters  # noqa: E402,F401
-from iceburg_mlx.cli import serve as _serve  # noqa: E402,F401

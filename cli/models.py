@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from iceburg_mlx.cli.main import app
+from iceburg_mlx.cli.app import app
 
 models_app = typer.Typer(help="Fetch and inspect models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from iceburg_mlx.cli.main import app
+from iceburg_mlx.cli.app import app
 
 router_app = typer.Typer(help="The iceburg-auto router that picks a role for each request.", no_args_is_help=True)
 app.add_typer(router_app, name="router")

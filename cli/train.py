@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from iceburg_mlx.cli.main import app
+from iceburg_mlx.cli.app import app
 
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: section.key=value (repeatable).")
 
@@ -28,7 +28,7 @@ def train(
         return
     from iceburg_mlx.cli import ui
     from iceburg_mlx.errors import ConfigError
-    from iceburg_mlx.train.config import load_recipe, resolve_recipe_path
+    from iceburg_mlx.train.config import read_recipe
     from iceburg_mlx.train.run import TrainOptions, train_from_recipe
 
     if recipe is None:
@@ -36,19 +36,17 @@ def train(
             raise ConfigError("give a recipe (e.g. recipes/oracle.yaml), or --resume RUN_DIR")
         recipe = str(resume / "recipe.yaml")
     err = ui.console(stderr=True)
-    rec = load_recipe(recipe, list(set_ or []))
-    path = resolve_recipe_path(recipe)
+    rec, path = read_recipe(recipe, list(set_ or []))
     rank0 = _rank() == 0
     progress = ui.progress(err, "steps", disable=not rank0)
     task = progress.add_task(rec.role.name or "train", total=rec.train.steps or None, stats="")
 
     def on_step(info):
-        x = info.extra
-        prefs = (f" acc {x['reward_accuracy']:.2f} margin {x['reward_margin']:+.3f}"
-                 if "reward_accuracy" in x else "")  # DPO: reward metrics of this step
-        rate = (f"{info.trained_per_sec:.2f} pairs/s" if prefs else f"({info.trained_per_sec:.0f} trained)")
+        shown = "".join(f" {k} {v:.3g}" for k, v in list(info.extra.items())[:4])  # the method's own metrics
+        rate = (f"({info.count_per_sec:.0f} trained)" if info.unit == "tokens"
+                else f"{info.count_per_sec:.2f} {info.unit}/s")
         progress.update(task, completed=info.step, total=info.total_steps or None, stats=(
-            f"loss {info.loss:.4f}{prefs} lr {info.lr:.2e} {info.tokens_per_sec:.0f} tok/s "
+            f"loss {info.loss:.4f}{shown} lr {info.lr:.2e} {info.tokens_per_sec:.0f} tok/s "
             f"{rate} peak {info.peak_memory_bytes / 2**20:.0f} MiB"))
 
     def on_eval(step, v):

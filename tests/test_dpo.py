@@ -3,6 +3,7 @@ data checks (file:line), held-out split, the reference cache, init-adapter check
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import mlx.core as mx
@@ -15,12 +16,13 @@ from mlx_lm.models.llama import Model, ModelArgs
 import iceburg_mlx  # noqa: F401  (OpenBLAS preload before mlx.core)
 from iceburg_mlx.errors import AdapterError, DataError
 from iceburg_mlx.models import load_model
-from iceburg_mlx.train import dpo, prefs
+from iceburg_mlx.train import prefs
+from iceburg_mlx.train.methods import RunContext, dpo
 from iceburg_mlx.adapters import layers
 from iceburg_mlx.train.config import LoraConfig, recipe_from_dict
 from iceburg_mlx.train.examples import Example
 from iceburg_mlx.train.losses import PREFERENCE_LOSSES
-from iceburg_mlx.train.objectives import dpo_objective
+from iceburg_mlx.train.methods.dpo import dpo_objective
 from iceburg_mlx.train.run import TrainOptions, train_from_recipe
 
 ARGS = dict(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
@@ -71,7 +73,7 @@ def test_stacked_batch_logps_equal_plain_rows_and_reference_cache():
         assert ref[p.index, 1] == pytest.approx(plain_logps(model, p.rejected), rel=1e-4, abs=1e-3)
     # the objective on the same model: policy == reference, so rewards 0 and loss log 2 per pair
     b = prefs.make_batch(pairs, ref=ref)
-    loss, n, m = dpo_objective("sigmoid", 0.1)(model, prefs.pref_arrays(b), prefs.pref_gather(b), for_grad=False)
+    loss, n, m = dpo_objective("sigmoid", 0.1)(model, b.arrays(), b.gather, for_grad=False)
     assert n.item() == 3 and loss.item() == pytest.approx(3 * np.log(2), rel=1e-4)
     assert abs(m["rewards_chosen"].item()) < 1e-4 and m["reward_accuracy"].item() <= 3
     np.testing.assert_allclose(m["logps_chosen"].item(), ref[:, 0].sum(), rtol=1e-5)
@@ -94,7 +96,7 @@ def test_gradients_match_central_differences(loss):
     pairs = random_pairs(2, seed=3)
     ref = prefs.compute_reference(model, pairs, batch_size=2) + np.array([[-1.5, 0.7], [0.4, -2.0]])
     b = prefs.make_batch(pairs, ref=ref)
-    arrays, k = prefs.pref_arrays(b), prefs.pref_gather(b)
+    arrays, k = b.arrays(), b.gather
     obj = dpo_objective(loss, beta=0.3, label_smoothing=0.1 if loss == "sigmoid" else 0.0)
     _, grads = nn.value_and_grad(model, lambda m: obj(m, arrays, k)[0])(model)
     grads = dict(tree_flatten(grads))
@@ -256,16 +258,19 @@ def test_init_adapter_is_policy_start_and_frozen_reference(tmp_path, tiny_gguf, 
     assert res.registry_name == "tiny@1"
 
     r = dpo_recipe(tmp_path, base, method__init_adapter="tiny@1", train__steps=1, eval__every=0)
-    init_dir = dpo.check_init_adapter(r, reg)
     loaded = load_model(str(base))
     layers.apply_lora(loaded.model, r.lora)
-    data = dpo.prepare(r, loaded.model, loaded.tokenizer, base_path=base, train_path=tmp_path / "prefs.jsonl",
-                       valid_path=None, init_dir=init_dir)
+    data = dpo.DPO().prepare(r, loaded, RunContext(tmp_path / "prefs.jsonl", adapters_dir=reg, base_path=base))
     # the reference is base + the SFT adapter, not the bare base
+    batches = [b for _, _, b in itertools.islice(data.batches(0, 0), 3)]
+    every = prefs.build_pref_examples(loaded.tokenizer, tmp_path / "prefs.jsonl", r.data.max_seq_len,
+                                      r.data.overlong, r.role.system_prompt)[0]
+    pairs = [every[i] for b in batches for i in b.index]
     with layers.adapters_disabled(loaded.model):
-        bare = prefs.compute_reference(loaded.model, data.train, 4)
-    with_sft = prefs.compute_reference(loaded.model, data.train, 4)
-    np.testing.assert_allclose(data.ref_train[[p.index for p in data.train]], with_sft, rtol=1e-5, atol=1e-4)
+        bare = prefs.compute_reference(loaded.model, pairs, 4)
+    with_sft = prefs.compute_reference(loaded.model, pairs, 4)
+    cached = np.concatenate([b.ref.reshape(2, -1).T for b in batches])
+    np.testing.assert_allclose(cached, with_sft, rtol=1e-5, atol=1e-4)
     assert np.abs(bare - with_sft).max() > 1e-2
     res = train_from_recipe(r, TrainOptions(runs_dir=tmp_path / "dpo", adapters_dir=reg, publish=False))
     first = next(m for m in res.metrics if "train_loss" in m)

@@ -96,7 +96,7 @@ def test_extends_chain_and_merge_order(rdir):
 def test_set_overrides_are_typed(rdir):
     r = load_recipe("base", [
         "optim.lr=1e-5", "lora.layers=all", "lora.target_modules=q_proj,v_proj",
-        "role.system_prompt=You are: terse", "optim.betas=[0.8, 0.95]", "data.curriculum=weighted",
+        "role.system_prompt=You are: terse", "optim.betas=[0.8, 0.95]", "data.format=chat",
         "optim.grad_clip=null", "train.grad_checkpointing=true", "seed=7", "role.name=123",
     ], recipes_dir=rdir)
     assert r.optim.lr == 1e-5 and isinstance(r.optim.lr, float)
@@ -105,7 +105,7 @@ def test_set_overrides_are_typed(rdir):
     assert r.role.system_prompt == "You are: terse"   # kept as text, not parsed as a mapping
     assert r.role.name == "123"                       # a string field keeps the raw text
     assert r.optim.betas == (0.8, 0.95)
-    assert r.data.curriculum == "weighted" and r.optim.grad_clip is None
+    assert r.data.format == "chat" and r.optim.grad_clip is None
     assert r.train.grad_checkpointing is True and r.seed == 7
 
 
@@ -205,3 +205,12 @@ def test_preference_loss_names_match_registry():
     from iceburg_mlx.train.losses import PREFERENCE_LOSSES
     allowed = typing.get_args(typed_yaml.type_hints(MethodConfig)["loss"])
     assert set(allowed) == set(PREFERENCE_LOSSES)
+
+
+def test_removed_and_unknown_method_keys_are_one_line(rdir):
+    from iceburg_mlx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.curriculum: removed: training never applied it"):
+        load_recipe("base", ["data.curriculum=weighted"], recipes_dir=rdir)
+    with pytest.raises(ConfigError, match=r"method.name: 'grpoo' is not a training method \(available: dpo, sft"):
+        load_recipe("base", ["method.name=grpoo"], recipes_dir=rdir)

@@ -11,12 +11,13 @@ from iceburg_mlx.errors import DataError
 from iceburg_mlx.adapters import load_with_adapter
 from iceburg_mlx.models import load_model
 from iceburg_mlx.train import batching
-from iceburg_mlx.adapters import files, layers
+from iceburg_mlx.adapters import layers
 from iceburg_mlx.train.config import LoraConfig, recipe_from_dict
 from iceburg_mlx.train.examples import Example, build_examples
-from iceburg_mlx.train.loop import Callbacks, LoopConfig, LoopState, Trainer, TrainingDivergedError, \
+from iceburg_mlx.train.loop import LoopConfig, TrainingDivergedError, \
     TrainingInterrupted
-from iceburg_mlx.train.objectives import sft_objective
+from iceburg_mlx.train.methods.sft import sft_objective
+from iceburg_mlx.train.loop import train
 from iceburg_mlx.train.run import TrainOptions, train_from_recipe
 
 WORDS = "the tin man went in to the thin end and then there was another inn".split()
@@ -68,16 +69,10 @@ def test_packed_and_unpacked_give_the_same_loss_and_gradients(tiny_gguf):
     assert packed.n_supervised == plain.n_supervised
 
     def run(b):
-        arrays = __import__("iceburg_mlx.train.loop", fromlist=["x"]).batch_arrays(b)
-        k = batching_k(b)
+        arrays, k = b.arrays(), b.gather
         f = nn.value_and_grad(loaded.model, lambda m: sft_objective(m, arrays, k)[0])
         loss, grads = f(loaded.model)
         return loss.item(), dict(tree_flatten(grads))
-
-    def batching_k(b):
-        from iceburg_mlx.train.loop import gather_size
-
-        return gather_size(b)
 
     l1, g1 = run(packed)
     l2, g2 = run(plain)
@@ -150,15 +145,13 @@ def test_nan_loss_stops_with_the_step(tiny_gguf, tmp_path):
     import mlx.optimizers as optim
 
     def bad_objective(model, arrays, k, for_grad=True):
-        loss, n = sft_objective(model, arrays, k, for_grad)
-        return loss * mx.array(float("nan")), n
+        loss, n, m = sft_objective(model, arrays, k, for_grad)
+        return loss * mx.array(float("nan")), n, m
 
-    tr = Trainer(loaded.model, optim.Adam(learning_rate=1e-3), bad_objective, LoopConfig(steps=3), tmp_path,
-                 lambda m, p: files.save_adapters(m, p))
     exs = [Example([1, 5, 6, 7, 8, 2], [0, 0, 1, 1, 1, 1])] * 4
     it = batching.iterate(exs, 2, 0, False, 32)
     with pytest.raises(TrainingDivergedError, match="at step 1"):
-        tr.run(it, LoopState(), None, Callbacks())
+        train(loaded.model, optim.Adam(learning_rate=1e-3), bad_objective, it, LoopConfig(steps=3))
 
 
 def test_bad_data_line_is_named(tmp_path, tiny_gguf):

@@ -20,6 +20,10 @@ from typing import Any
 from iceburg_mlx.errors import DataError
 
 FORMATS = ("chatml", "sharegpt", "alpaca", "completion", "text", "preference")
+# a recipe's `data.format` -> the record formats it admits (auto: any)
+RECIPE_FORMATS: dict[str, tuple[str, ...] | None] = {
+    "auto": None, "chat": ("chatml", "sharegpt", "alpaca"), "completions": ("completion",), "text": ("text",),
+    "preference": ("preference",)}
 TARGETS = ("chatml", "sharegpt", "alpaca")
 ROLES = ("system", "user", "assistant")
 
@@ -145,6 +149,13 @@ def preference_parts(record: dict[str, Any]) -> tuple[list[dict[str, Any]], Any,
     else:
         raise DataError("preference pair lacks 'prompt' or 'messages'")
     return prompt, _answer_text(record["chosen"], "chosen"), _answer_text(record["rejected"], "rejected")
+
+
+def recipe_formats(name: str) -> tuple[str, ...] | None:
+    """The record formats a recipe's `data.format` admits (None: any)."""
+    if name not in RECIPE_FORMATS:
+        raise DataError(f"data.format: '{name}' is not one of {', '.join(RECIPE_FORMATS)}")
+    return RECIPE_FORMATS[name]
 
 
 def to_messages(record: dict[str, Any]) -> list[dict[str, Any]]:

@@ -179,13 +179,14 @@ def validate_file(
     max_problems: int = 1000,
     count_tokens=None,
     long_tokens: int = LONG_RECORD_TOKENS,
+    allowed_formats: tuple[str, ...] | None = None,
 ) -> ValidationReport:
     """Validate one JSONL file; never raises on its content (an unreadable file is one problem).
 
     `seen_ids` (id -> "file:line") may be shared between calls to find duplicates across files.
     A file with no records is an error. A record longer than `long_tokens` tokens is a warning
     with its length: counted by `count_tokens(text)` when given (a tokenizer), else estimated at
-    CHARS_PER_TOKEN characters per token.
+    CHARS_PER_TOKEN characters per token. With `allowed_formats`, a record of another format is an error.
     """
     report = ValidationReport(str(path), max_problems=max_problems)
     ids = {} if seen_ids is None else seen_ids
@@ -209,9 +210,12 @@ def validate_file(
                     report.add(n, f"record is {n_tok:,} tokens long{how}, far beyond any training context "
                                   f"(over {long_tokens:,}): it would be truncated or dropped", severity="warning")
             try:
-                report.formats[formats.detect_format(rec)] += 1
+                fmt = formats.detect_format(rec)
             except DataError:
-                report.formats["unknown"] += 1
+                fmt = "unknown"
+            report.formats[fmt] += 1
+            if allowed_formats is not None and fmt != "unknown" and fmt not in allowed_formats:
+                report.add(n, f"a {fmt} record, but data.format admits only {', '.join(allowed_formats)}")
             rid = rec.get("id")
             if rid is not None and isinstance(rid, (str, int, float, bool)):
                 if rid in ids:
@@ -250,14 +254,15 @@ def validate_files(paths: Iterable[str | Path], **kwargs: Any) -> list[Validatio
 
 
 def check_training_file(path: str | Path, key: str, skip_invalid: bool = False, count_tokens=None,
-                        shown: int = 5) -> tuple[set[int], list[str]]:
+                        shown: int = 5, formats: tuple[str, ...] | None = None) -> tuple[set[int], list[str]]:
     """Validate a training or preference file before any compute (the same checks as `data validate`).
 
     Returns (line numbers to skip, notes for the user). Errors raise DataError with up to `shown`
     `file:line: reason` lines, unless `skip_invalid`, which returns those lines to skip and a note
     counting them (an error of the file as a whole, such as no records, always raises). Warnings
-    (a template-heavy file, a record far beyond any context) come back as notes."""
-    report = validate_file(path, count_tokens=count_tokens)
+    (a template-heavy file, a record far beyond any context) come back as notes. `formats`: the
+    record formats the recipe's data.format admits (None: any)."""
+    report = validate_file(path, count_tokens=count_tokens, allowed_formats=formats)
     errors = [p for p in report.problems if p.severity == "error"]
     notes = [f"{key}: {p}" for p in report.problems if p.severity == "warning"]
     whole = [p for p in errors if p.line == 0]

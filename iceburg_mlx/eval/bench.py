@@ -45,20 +45,28 @@ class BenchItem:
         return [*self.prompt, {"role": "assistant", "content": self.reference}]
 
 
+def bench_role(bench: str) -> str:
+    """The checker a bench uses: `oracle` and `oracle:v1` (a second item set) both use oracle's."""
+    return bench.partition(":")[0]
+
+
 def bench_path(bench: str, data_dir: str | Path) -> Path:
-    return Path(data_dir) / bench / EVAL_FILE
+    """`<data_dir>/<role>/eval.jsonl`, or `eval-<set>.jsonl` for a bench named `<role>:<set>`."""
+    role, _, item_set = bench.partition(":")
+    return Path(data_dir) / role / (f"eval-{item_set}.jsonl" if item_set else EVAL_FILE)
 
 
 def select_benches(spec: str | Sequence[str], data_dir: str | Path) -> list[str]:
-    """'all' -> every bench with an eval file under `data_dir`; else the named ones (checked)."""
-    names = [spec] if isinstance(spec, str) else list(spec)
+    """'all' -> every bench with an eval file under `data_dir`; else the named ones (checked; a
+    string may list several, comma-separated, e.g. "oracle,oracle:v1")."""
+    names = [n.strip() for n in spec.split(",") if n.strip()] if isinstance(spec, str) else list(spec)
     if names == ["all"]:
         found = [b for b in BENCHES if bench_path(b, data_dir).is_file()]
         if not found:
             raise DataError(f"{data_dir}: no <bench>/{EVAL_FILE} for any of {', '.join(BENCHES)}")
         return found
     for b in names:
-        get_checker(b)
+        get_checker(bench_role(b))
     return names
 
 
@@ -165,7 +173,7 @@ def run_bench(model, tokenizer, items: Sequence[BenchItem], params: SamplingPara
     if not items:
         raise ConfigError("run_bench needs at least one item")
     bench = items[0].bench
-    checker = get_checker(bench)
+    checker = get_checker(bench_role(bench))
     gens = generate_many(model, tokenizer, [chat_prompt(tokenizer, it.prompt) for it in items], params,
                          on_done=on_done)
     results = []

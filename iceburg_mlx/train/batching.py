@@ -39,6 +39,27 @@ class Batch:
         """Non-pad positions (what throughput counts)."""
         return int(self.lengths.sum())
 
+    @property
+    def gather(self) -> int:
+        """The static number of positions the objective gathers for the lm_head (a few buckets, so
+        compiled steps see few shapes)."""
+        from iceburg_mlx.train.losses import bucket
+
+        return bucket(max(1, self.n_supervised))
+
+    def arrays(self) -> dict:
+        """The objective's inputs: inputs/targets/mask (B, L) and, for packed rows, `attn`."""
+        import mlx.core as mx
+
+        out = {"inputs": mx.array(self.inputs), "targets": mx.array(self.targets), "mask": mx.array(self.mask)}
+        if self.segments is not None:
+            out["attn"] = packed_mask(self.segments)
+        return out
+
+    def shard(self, rank: int, world: int) -> Batch:
+        """This rank's rows of a global batch (every world-th row from `rank`)."""
+        return self if world == 1 else take_rows(self, range(rank, len(self.inputs), world))
+
 
 def _round_up(n: int, m: int = PAD_MULTIPLE) -> int:
     return -(-n // m) * m

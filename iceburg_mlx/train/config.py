@@ -55,14 +55,13 @@ class DataConfig:
     train: str | None = _f(None, "Training data file (JSONL).")
     valid: str | None = _f(None, "Validation data file (JSONL); none disables evaluation.")
     format: Literal["auto", "chat", "completions", "text", "preference"] = _f(
-        "auto", "Record format; auto detects it from the first record.")
+        "auto", "Record formats the data files may hold: auto (any, detected per record), chat (ChatML, "
+                "ShareGPT, Alpaca), completions, text or preference; a record of another format fails validation.")
     max_seq_len: int = _f(1024, "Maximum tokens per training sequence.")
     packing: bool = _f(False, "Pack several short examples into one sequence.")
     overlong: Literal["truncate", "drop"] = _f("truncate", "What to do with examples over max_seq_len.")
     skip_invalid: bool = _f(False, "Train on the valid records only, skipping (and counting) those that fail "
                                    "validation; by default an invalid record stops the run before any compute.")
-    curriculum: Literal["weighted", "novel_first", "progressive"] | None = _f(
-        None, "Example ordering: none (shuffle), weighted, novel_first or progressive.")
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: Literal["sft", "dpo"] = _f("sft", "Training method: sft or dpo.")
+    name: str = _f("sft", "Training method: sft, dpo, or any registered in iceburg_mlx.train.methods.")
     beta: float = _f(0.1, "DPO: strength of the KL penalty towards the reference.")
     loss: Literal["sigmoid", "ipo", "hinge", "orpo"] = _f("sigmoid", "DPO: preference loss family.")
     label_smoothing: float = _f(0.0, "DPO sigmoid: assumed label noise (robust / cDPO), 0 <= e < 0.5.")
@@ -229,7 +228,16 @@ def _chain(path: Path, recipes_dir: Any, seen: tuple[Path, ...]) -> list[tuple[s
 
 # ----------------------------------------------------------------------------- validation
 
+# keys of older recipes that no longer exist, with what to do instead
+REMOVED = {"data.curriculum": "removed: training never applied it (batches are shuffled every epoch); "
+                              "delete the key (`iceburg-mlx data order` still orders a file)"}
+
+
 def _problems(r: Recipe) -> typing.Iterator[tuple[str, str]]:
+    from iceburg_mlx.train.methods import METHODS
+
+    if r.method.name not in METHODS:
+        yield "method.name", f"'{r.method.name}' is not a training method (available: {', '.join(sorted(METHODS))})"
     if not r.model.base.strip():
         yield "model.base", "must not be empty"
     if r.data.max_seq_len < 2:
@@ -288,7 +296,7 @@ def _resolve(layers: list[tuple[str, dict]], fallback: str) -> Recipe:
     merged: dict = {}
     origin: dict[str, str] = {}
     for label, data in layers:
-        ty.check_keys(label, data, Recipe)
+        ty.check_keys(label, data, Recipe, removed=REMOVED)
         ty.merge(merged, data, origin, label, Recipe)
     recipe = ty.build(Recipe, merged, origin)
     for key, message in _problems(recipe):
@@ -296,16 +304,21 @@ def _resolve(layers: list[tuple[str, dict]], fallback: str) -> Recipe:
     return recipe
 
 
-def load_recipe(path_or_name: str | os.PathLike, overrides: typing.Iterable[str] = (),
-                recipes_dir: str | os.PathLike | None = None) -> Recipe:
-    """Read, merge, coerce and validate a recipe; raises ConfigError naming file and key.
-
-    `overrides` are `key.sub=value` strings (the CLI's repeatable `--set`), applied last.
-    """
+def read_recipe(path_or_name: str | os.PathLike, overrides: typing.Iterable[str] = (),
+                recipes_dir: str | os.PathLike | None = None) -> tuple[Recipe, Path]:
+    """(the recipe, the file it was read from): read, merge, coerce and validate; raises
+    ConfigError naming file and key. `overrides` are `key.sub=value` strings (the CLI's
+    repeatable `--set`), applied last."""
     path = resolve_recipe_path(path_or_name, recipes_dir)
     layers = _chain(path, recipes_dir, ())
     layers.append(("--set", ty.parse_overrides(overrides)))
-    return _resolve(layers, _label(path))
+    return _resolve(layers, _label(path)), path
+
+
+def load_recipe(path_or_name: str | os.PathLike, overrides: typing.Iterable[str] = (),
+                recipes_dir: str | os.PathLike | None = None) -> Recipe:
+    """`read_recipe` without the path."""
+    return read_recipe(path_or_name, overrides, recipes_dir)[0]
 
 
 def recipe_from_dict(data: dict, overrides: typing.Iterable[str] = (), label: str = "recipe") -> Recipe:

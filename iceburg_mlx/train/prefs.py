@@ -58,6 +58,23 @@ class PrefBatch:
     def n_supervised(self) -> int:
         return self.rows.n_supervised
 
+    @property
+    def gather(self) -> int:
+        return self.rows.gather
+
+    def arrays(self) -> dict:
+        """The objective's inputs: inputs/targets/mask (2B, L) and `ref` (2B,) when present."""
+        import mlx.core as mx
+
+        out = self.rows.arrays()
+        if self.ref is not None:
+            out["ref"] = mx.array(self.ref)
+        return out
+
+    def shard(self, rank: int, world: int) -> PrefBatch:
+        """This rank's pairs of a global batch."""
+        return self if world == 1 else take_pairs(self, range(rank, self.pairs, world))
+
 
 # ----------------------------------------------------------------------------- reading pairs
 
@@ -178,22 +195,6 @@ def take_pairs(b: PrefBatch, pairs: Sequence[int]) -> PrefBatch:
     return PrefBatch(sub, b.index[idx], None if b.ref is None else b.ref[rows])
 
 
-def pref_arrays(b: PrefBatch) -> dict:
-    """The objective's inputs: inputs/targets/mask (2B, L) and `ref` (2B,) when present."""
-    import mlx.core as mx
-
-    out = {"inputs": mx.array(b.rows.inputs), "targets": mx.array(b.rows.targets), "mask": mx.array(b.rows.mask)}
-    if b.ref is not None:
-        out["ref"] = mx.array(b.ref)
-    return out
-
-
-def pref_gather(b: PrefBatch) -> int:
-    from iceburg_mlx.train.losses import bucket
-
-    return bucket(max(1, b.n_supervised))
-
-
 # ----------------------------------------------------------------------------- reference cache
 
 def base_identity(path: str | Path | None, spec: str) -> str:
@@ -238,9 +239,9 @@ def compute_reference(model, examples: Sequence[PrefExample], batch_size: int, p
         rows = order[start:start + batch_size]
         chunk = [examples[i] for i in rows]
         b = make_batch(chunk, pad_id)
-        arrays = pref_arrays(b)
+        arrays = b.arrays()
         h = hidden_states(model, arrays["inputs"])
-        logps, _ = sequence_logprobs(head, h, arrays["targets"], arrays["mask"], pref_gather(b), for_grad=False)
+        logps, _ = sequence_logprobs(head, h, arrays["targets"], arrays["mask"], b.gather, for_grad=False)
         logps = np.array(logps.astype(mx.float32), np.float64)
         out[rows, 0], out[rows, 1] = logps[: len(chunk)], logps[len(chunk):]
         if on_progress:

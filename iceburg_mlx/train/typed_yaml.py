@@ -158,12 +158,16 @@ def _accepts_str(tp: Any) -> bool:
     return False
 
 
-def check_keys(label: str, data: dict, cls: type, prefix: str = "") -> None:
-    """Raise ConfigError for an unknown key (with a did-you-mean) or a section that is not a mapping."""
+def check_keys(label: str, data: dict, cls: type, prefix: str = "", removed: dict | None = None) -> None:
+    """Raise ConfigError for an unknown key (with a did-you-mean), a `removed` key (with its note)
+    or a section that is not a mapping."""
     known = fields_of(cls)
     hints = type_hints(cls)
+    removed = removed or {}
     for key, value in data.items():
         path = f"{prefix}{key}"
+        if path in removed:
+            raise ConfigError(f"{label}: {path}: {removed[path]}")
         if key not in known:
             close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
@@ -176,7 +180,7 @@ def check_keys(label: str, data: dict, cls: type, prefix: str = "") -> None:
                 continue
             if not isinstance(value, dict):
                 raise ConfigError(f"{label}: {path}: expected a mapping of {path}.* keys, got {value!r}")
-            check_keys(label, value, tp, path + ".")
+            check_keys(label, value, tp, path + ".", removed)
 
 
 def parse_overrides(overrides: typing.Iterable[str]) -> dict:
