@@ -56,3 +56,4 @@ from iceburg_mlx.cli import data  # noqa: E402,F401  (the `data` command group, 
 from iceburg_mlx.cli import eval as _eval  # noqa: E402,F401
 from iceburg_mlx.cli import adapters as _adapters  # noqa: E402,F401
 from iceburg_mlx.cli import serve as _serve  # noqa: E402,F401
+from iceburg_mlx.cli import review as _review  # noqa: E402,F401  (blind A/B review, issue 23)
