@@ -22,7 +22,7 @@ SessionArg = typer.Argument(..., help="The review session file (SQLite).")
 def create(
     a: str = typer.Option(..., "--a", help="Side A: an adapter (registry name, name@N, directory) or 'base'."),
     b: str = typer.Option(..., "--b", help="Side B: an adapter (registry name, name@N, directory) or 'base'."),
-    bench: str = typer.Option(..., "--bench", "-b", help="The bench whose prompts are answered (data/<bench>/eval.jsonl)."),
+    bench: str = typer.Option(..., "--bench", help="The bench whose prompts are answered (data/<bench>/eval.jsonl)."),
     n: int = typer.Option(40, "--n", help="First N items of the bench."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The session file (default: review-<bench>-<time>.db)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model (default: smollm2-135m-instruct)."),
@@ -74,18 +74,19 @@ def serve(
     port: int = typer.Option(8090, "--port", "-p", help="TCP port."),
 ) -> None:
     """Serve the rating page (raters see only 'Response 1 / Response 2', never the model names)."""
-    from iceburg_mlx.review.app import serve_review
+    from iceburg_mlx.review.app import bind, serve_review
     from iceburg_mlx.review.store import ReviewStore
     from iceburg_mlx.serve.runner import is_loopback
 
     store = ReviewStore(session)
+    sock = bind(host, port)
     tokens = store.has_tokens()
     if not is_loopback(host) and not tokens:
         typer.echo(f"warning: binding {host} with no rater tokens: anyone who can reach it can rate as anyone "
                    f"(iceburg-mlx review add-rater {session} NAME)", err=True)
     typer.echo(f"review page: http://{host}:{port}/ ({len(store)} items of {store.meta['bench']}; "
                + ("raters need their token)" if tokens else "raters type their name)"), err=True)
-    serve_review(store, host, port)
+    serve_review(store, sock)
 
 
 @review_app.command("report")

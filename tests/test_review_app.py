@@ -140,3 +140,40 @@ def test_eight_raters_posting_fifty_judgments_each_concurrently(closed_server):
             assert set(mine[idx].scores_a.values()) == {1 + pos % 5}
         assert call(srv, "GET", "/api/progress", rater=name, token=token)[1] == \
             {"rater": name, "total": 50, "done": 50, "next": None}
+
+
+def test_cli_serve_answers_loopback_names_only_and_reports_a_taken_port(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    store = synthetic_store(tmp_path / "cli.db", n=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "iceburg_mlx.cli", "review", "serve", str(store.path), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as r:
+                    assert json.loads(r.read()) == {"status": "ok", "items": 3}
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+                time.sleep(0.2)
+        with urllib.request.urlopen(urllib.request.Request(url + "/", headers={"Host": f"localhost:{port}"})) as r:
+            assert r.status == 200 and "Content-Security-Policy" in r.headers
+        rebound = urllib.request.Request(url + "/api/session", headers={"Host": "attacker.example"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(rebound, timeout=5)
+        assert e.value.code == 400
+        taken = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert taken.returncode == 2 and taken.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+        assert len(taken.stderr.strip().splitlines()) == 1, taken.stderr
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -26,16 +26,19 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from iceburg_mlx.errors import ReviewError
+from iceburg_mlx.errors import ConfigError, ReviewError
 from iceburg_mlx.review.store import Rater, ReviewStore, check_rater_name
+from iceburg_mlx.serve.runner import is_loopback
 
 PAGE_DIR = Path(__file__).parent / "page"
 MAX_BODY = 64 * 1024
 RATER = "iceburg.rater"       # the scope key RaterAuth fills
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 PAGE_HEADERS = {**NO_STORE, "X-Frame-Options": "DENY",
                 "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -131,8 +134,9 @@ async def _read_json(request: Request):
         raise _Denied(400, "the body is not JSON") from None
 
 
-def create_review_app(store: ReviewStore) -> Starlette:
-    """The ASGI app over one session."""
+def create_review_app(store: ReviewStore, allowed_hosts: list[str] | None = None) -> Starlette:
+    """The ASGI app over one session; with `allowed_hosts`, requests naming another Host are refused
+    (a page on another site cannot reach a loopback server by rebinding its DNS name)."""
     page = (PAGE_DIR / "index.html").read_bytes()
     script = (PAGE_DIR / "review.js").read_bytes()
     public = {"session": store.meta["session"], "bench": store.meta["bench"], "rubric": store.meta["rubric"],
@@ -178,14 +182,39 @@ def create_review_app(store: ReviewStore) -> Starlette:
         Route("/api/progress", progress, methods=["GET"]),
         Route("/api/items/{pos:int}", item, methods=["GET", "PUT"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(RaterAuth, store=store)])
+    middleware = [Middleware(RaterAuth, store=store)]
+    if allowed_hosts:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+    return Starlette(routes=routes, middleware=middleware)
 
 
-def serve_review(store: ReviewStore, host: str = "127.0.0.1", port: int = 8090, log_level: str = "info") -> None:
-    """Serve the page until interrupted (uvicorn handles SIGINT / SIGTERM)."""
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) before serving, so a taken port is one clear error."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def serve_review(store: ReviewStore, sock: socket.socket, log_level: str = "info") -> None:
+    """Serve the page on the bound `sock` (`bind`) until interrupted (uvicorn handles SIGINT /
+    SIGTERM). On a loopback address only requests addressed to a loopback name are answered."""
     import uvicorn
 
-    uvicorn.run(create_review_app(store), host=host, port=port, log_level=log_level, access_log=False)
+    hosts = LOOPBACK_HOSTS if is_loopback(sock.getsockname()[0]) else None
+    config = uvicorn.Config(create_review_app(store, hosts), log_level=log_level, access_log=False, lifespan="off")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class BackgroundReviewServer:

@@ -234,11 +234,13 @@ class ReviewStore:
         Returns None when the name is unknown (and not `create`) or the token does not match; with
         `create`, an unknown name is registered without a token (the open mode of a session)."""
         check_rater_name(name)
+        query = "SELECT token_sha256, item_order FROM raters WHERE name = ?"
         with self._connect() as con:
-            if create:
+            row = con.execute(query, (name,)).fetchone()
+            if row is None and create:      # a write only for a new name, so readers never queue for the lock
                 con.execute("INSERT OR IGNORE INTO raters VALUES (?, NULL, ?, ?)",
                             (name, json.dumps(self._order_for(name)), _now()))
-            row = con.execute("SELECT token_sha256, item_order FROM raters WHERE name = ?", (name,)).fetchone()
+                row = con.execute(query, (name,)).fetchone()
         if row is None:
             return None
         digest, order = row
