@@ -16,6 +16,7 @@ from iceburg_mlx.cli import eval as _eval  # noqa: F401
 from iceburg_mlx.cli import fuse as _fuse  # noqa: F401
 from iceburg_mlx.cli import generate as _generate  # noqa: F401
 from iceburg_mlx.cli import models as _models  # noqa: F401
+from iceburg_mlx.cli import review as _review  # noqa: F401
 from iceburg_mlx.cli import serve as _serve  # noqa: F401
 from iceburg_mlx.cli import train as _train  # noqa: F401
 from iceburg_mlx.cli.app import PROG, app

@@ -35,3 +35,7 @@ class AdapterError(IceburgError):
 
 class ExportError(IceburgError):
     """A fuse/export request that cannot be carried out (unknown quant type, unmapped architecture)."""
+
+
+class ReviewError(IceburgError):
+    """A review session that cannot be read or created, or a judgment that does not fit its session."""

@@ -18,6 +18,19 @@ if [ "$(uname -s)" = "Linux" ] && ! ls /usr/lib/*/openblas-pthread/libopenblas.s
   fi
 fi
 
+# 1b. Linux: Debian's chromium, the headless browser of the review page's test (Playwright drives
+#     it through executable_path; Playwright's own browser download is never used).
+if [ "$(uname -s)" = "Linux" ] && ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+    echo "[setup] installing chromium"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null \
+      || echo "[setup] could not install chromium; the review page's browser test will be skipped"
+  else
+    echo "[setup] no apt-get: install chromium with your package manager for the browser test"
+  fi
+fi
+
 # 2. The package, its runtime dependencies and the test extra (pytest, hypothesis,
 #    llama-cpp-python: builds from source once, ~5 min; pip caches the wheel).
 echo "[setup] pip install -e .[test]"

@@ -60,3 +60,4 @@ def smollm_path() -> Path:
     return path
 
 from serve_fixtures import client, registry, server  # noqa: E402,F401  (server test fixtures)
+from review_fixtures import review_registry, review_session  # noqa: E402,F401  (review test fixtures)

@@ -16,7 +16,7 @@ PKG = "iceburg_mlx"
 # The layer of each top-level unit of iceburg_mlx (a module or a subpackage); a unit may import
 # its own layer and those below. cli/ is installed as iceburg_mlx.cli.
 LAYERS = {
-    0: {"iceburg_mlx", "errors", "atomic", "hashing", "paths", "_platform", "hardware"},
+    0: {"iceburg_mlx", "errors", "atomic", "hashing", "paths", "_platform", "hardware", "listen"},
     1: {"models"},
     2: {"adapters"},
     3: {"templates", "data", "sampling"},
