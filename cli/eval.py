@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from iceburg_mlx.cli.app import app
+from iceburg_mlx.cli.options import NoRepeatNgramOpt, RepetitionPenaltyOpt
 
 BENCH_CHOICES = ("oracle", "surveyor", "dissident", "synthesist", "general", "all")
 
@@ -91,6 +92,8 @@ def eval_command(
                                             "N with --n) for perplexity (default: the benches' reference answers)."),
     no_perplexity: bool = typer.Option(False, "--no-perplexity", help="Skip perplexity."),
     no_contamination: bool = typer.Option(False, "--no-contamination", help="Skip the template contamination probe."),
+    repetition_penalty: float = RepetitionPenaltyOpt,
+    no_repeat_ngram: int = NoRepeatNgramOpt,
     force: bool = typer.Option(False, "--force", help="Evaluate adapters trained on another base (a warning instead of an error)."),
 ) -> None:
     """Score a model (or adapter) on the role benches; with --against, a paired A/B with statistics."""
@@ -108,7 +111,8 @@ def eval_command(
     req = EvalRequest(a=side(model, adapter), b=resolve_against(against, model, adapter) if against else None,
                       bench=bench, n=n, data_dir=data_dir, seed=seed, max_tokens=max_tokens,
                       perplexity=not no_perplexity, contamination=not no_contamination, ppl_data=ppl_data,
-                      regression=regression, previous=prev_path, force=force)
+                      regression=regression, previous=prev_path, force=force,
+                      repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram)
     err = ui.console(stderr=True)
     with ui.progress(err, "answers", transient=True) as bar:
         task = bar.add_task("eval", total=None)

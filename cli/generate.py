@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from iceburg_mlx.cli.app import app
+from iceburg_mlx.cli.options import NoRepeatNgramOpt, RepetitionPenaltyOpt
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Model: name, path, Hub repo id or Ollama tag (default: smollm2-135m-instruct).")
 AdapterOpt = typer.Option(None, "--adapter", "-a", help="Adapter to apply: registry name (oracle, oracle@3) or directory.")
@@ -59,6 +60,8 @@ def generate(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
     seed: Optional[int] = typer.Option(None, "--seed", help="PRNG seed for sampling."),
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as-is, without the chat template."),
+    repetition_penalty: float = RepetitionPenaltyOpt,
+    no_repeat_ngram: int = NoRepeatNgramOpt,
     force: bool = ForceOpt,
 ) -> None:
     """Answer one prompt: the answer alone on stdout, statistics on stderr."""
@@ -68,7 +71,8 @@ def generate(
 
     if prompt == "-":
         prompt = sys.stdin.read()
-    params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed).validate()
+    params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                            repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram).validate()
     loaded = _load(model, adapter, force)
     system = _system(system, adapter)
     tok = loaded.tokenizer
@@ -97,13 +101,16 @@ def chat(
     top_p: float = typer.Option(1.0, "--top-p"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     stats: bool = typer.Option(False, "--stats", help="Print speed after each answer."),
+    repetition_penalty: float = RepetitionPenaltyOpt,
+    no_repeat_ngram: int = NoRepeatNgramOpt,
     force: bool = ForceOpt,
 ) -> None:
     """Multi-turn streaming chat; the KV cache is kept across turns."""
     from iceburg_mlx.chat import ChatSession
     from iceburg_mlx.sampling import SamplingParams
 
-    params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed).validate()
+    params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                            repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram).validate()
     loaded = _load(model, adapter, force)
     system = _system(system, adapter)
     if system and adapter:

@@ -10,6 +10,7 @@ from urllib.parse import quote
 import typer
 
 from iceburg_mlx.cli.app import app
+from iceburg_mlx.cli.options import NoRepeatNgramOpt, RepetitionPenaltyOpt
 
 review_app = typer.Typer(help="Blind A/B review: people rate two model versions side by side; "
                               "their judgments become statistics and DPO pairs.", no_args_is_help=True)
@@ -32,6 +33,8 @@ def create(
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens per answer."),
     temp: float = typer.Option(0.0, "--temp", help="Sampling temperature for both sides (0 = greedy)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass for both sides."),
+    repetition_penalty: float = RepetitionPenaltyOpt,
+    no_repeat_ngram: int = NoRepeatNgramOpt,
 ) -> None:
     """Answer the bench's prompts once with A and with B (same decoding) and write a review session."""
     from rich.console import Console
@@ -39,7 +42,8 @@ def create(
     from iceburg_mlx.review.create import create_session
     from iceburg_mlx.sampling import SamplingParams
 
-    params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed).validate()
+    params = SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                            repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram).validate()
     out = out or Path(f"review-{bench}-{_dt.datetime.now():%Y%m%d-%H%M%S}.db")
     with Console(stderr=True).status("preparing...", spinner="dots") as status:
         made = create_session(out, a, b, bench, n=n, model=model, data_dir=data_dir, adapters_dir=adapters_dir,

@@ -19,7 +19,7 @@ LAYERS = {
     0: {"iceburg_mlx", "errors", "atomic", "hashing", "paths", "_platform", "hardware", "listen"},
     1: {"models"},
     2: {"adapters"},
-    3: {"templates", "data", "sampling"},
+    3: {"templates", "data", "sampling", "penalties"},
     4: {"train", "eval", "generation", "chat", "diagnostics"},
     5: {"serve", "export", "review", "datagen"},
     6: {"cli"},

@@ -158,9 +158,11 @@ class BenchResult:
         return {**self.summary(), "items": [r.to_dict() for r in self.items]}
 
 
-def eval_params(seed: int = 0, max_tokens: int = 256) -> SamplingParams:
+def eval_params(seed: int = 0, max_tokens: int = 256, repetition_penalty: float = 1.0,
+                no_repeat_ngram: int = 0) -> SamplingParams:
     """Seeded greedy decoding: the same model gives the same answers run after run."""
-    return SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=seed).validate()
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=seed, repetition_penalty=repetition_penalty,
+                          no_repeat_ngram=no_repeat_ngram).validate()
 
 
 def run_bench(model, tokenizer, items: Sequence[BenchItem], params: SamplingParams,

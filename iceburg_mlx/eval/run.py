@@ -126,6 +126,8 @@ class EvalRequest:
     ppl_data: Path | None = None
     regression: Path | None = None
     previous: Path | None = None      # an eval.json (or a directory holding one) to diff against
+    repetition_penalty: float = 1.0   # the decoding's repetition controls (recorded in eval.json)
+    no_repeat_ngram: int = 0
     force: bool = False               # adapters trained on another base: a warning, not an error
 
 
@@ -136,7 +138,7 @@ def run_eval(req: EvalRequest, progress: Progress | None = None) -> dict[str, An
 
     if req.n is not None and req.n < 1:
         raise ConfigError(f"--n: must be >= 1, got {req.n}")
-    params = eval_params(req.seed, req.max_tokens)
+    params = eval_params(req.seed, req.max_tokens, req.repetition_penalty, req.no_repeat_ngram)
     items = {b: load_items(b, req.data_dir, req.n) for b in select_benches(req.bench, req.data_dir)}
     prev = read_eval_json(req.previous) if req.previous is not None else None
     if req.previous is not None and prev is None:
@@ -151,7 +153,9 @@ def run_eval(req: EvalRequest, progress: Progress | None = None) -> dict[str, An
         b, _ = evaluate_side(req.b, items, params, **kw)
         comparisons = compare(a, b)
     settings = {"seed": req.seed, "max_tokens": req.max_tokens, "n": req.n, "bench": req.bench,
-                "data_dir": str(req.data_dir), "temperature": 0.0, "perplexity_on": source}
+                "data_dir": str(req.data_dir), "temperature": 0.0, "perplexity_on": source,
+                "repetition_penalty": params.repetition_penalty, "repetition_window": params.repetition_window,
+                "no_repeat_ngram": params.no_repeat_ngram}
     changes = diff_evals(prev, build_record(a)) if prev is not None else None
     return build_record(a, b, comparisons, settings, changes, reg)
 

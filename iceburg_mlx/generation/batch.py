@@ -20,6 +20,7 @@ from iceburg_mlx.generation.stream import (
     generate,
     make_cache,
 )
+from iceburg_mlx.penalties import History, active
 from iceburg_mlx.sampling import SamplingParams, sample
 from iceburg_mlx.models.cpu_decode import decoding
 from iceburg_mlx.templates import stop_ids
@@ -95,6 +96,7 @@ class BatchGenerator:
         self._cancelled: set[int] = set()
         self._cache = None      # list of BatchKVCache, one per layer, rows in self._rows order
         self._y = None          # (B,) tokens sampled and not yet fed to the model
+        self._history = None    # the rows' recent tokens (repetition controls)
         self._next_uid = 0
 
     @property
@@ -129,7 +131,15 @@ class BatchGenerator:
         if self.set_adapters is not None:
             self.set_adapters(adapters)
 
-    def _sample(self, rows: list[_Row], logits: mx.array) -> mx.array:
+    def _sample(self, rows: list[_Row], logits: mx.array, history: History) -> mx.array:
+        """Next tokens for `rows` (repetition controls applied first); pushed onto `history`."""
+        if any(active(r.params) for r in rows):
+            logits = history.apply(logits)
+        y = self._draw(rows, logits)
+        history.push(y)
+        return y
+
+    def _draw(self, rows: list[_Row], logits: mx.array) -> mx.array:
         greedy = mx.argmax(logits, axis=-1)
         if all(r.params.temperature == 0 for r in rows):
             return greedy
@@ -179,17 +189,19 @@ class BatchGenerator:
             c.step = self.kv_step
         self._select([r.adapter for r in new])
         logits = _prefill_rows(self.model, tokens, cache)
-        y = self._sample(new, logits).astype(mx.uint32)
+        history = History([r.params for r in new])
+        y = self._sample(new, logits, history).astype(mx.uint32)
         mx.eval(y, [c.state[:2] for c in cache])
         now = time.perf_counter()
         for r in new:
             r.stats.prompt_seconds, r.t_decode = now - t0, now
         if self._cache is None:
-            self._cache, self._y = cache, y
+            self._cache, self._y, self._history = cache, y, history
         else:
             for mine, more in zip(self._cache, cache):
                 mine.extend(more)
             self._y = mx.concatenate([self._y, y])
+            self._history.extend(history)
         self._rows += new
         mx.clear_cache()
 
@@ -198,12 +210,13 @@ class BatchGenerator:
             return
         self._rows = [self._rows[i] for i in keep]
         if not keep:
-            self._cache, self._y = None, None
+            self._cache, self._y, self._history = None, None, None
             return
         idx = mx.array(keep, dtype=mx.int32)
         for c in self._cache:
             c.filter(idx)
         self._y = self._y[idx]
+        self._history.filter(keep)
 
     def step(self) -> list[BatchEvent]:
         """Admit waiting rows, decode one token for every row; one event per row (finished rows leave)."""
@@ -217,7 +230,7 @@ class BatchGenerator:
         # every row's cache offset is at most its prompt plus the tokens fed so far
         with decoding(max_offset=max(len(r.prompt) + r.n for r in rows) + 1):
             logits = self.model(self._y[:, None], cache=self._cache)[:, -1, :]
-        next_y = self._sample(rows, logits)
+        next_y = self._sample(rows, logits, self._history)
         mx.async_eval(next_y)
         keep = []
         for i, (row, tok) in enumerate(zip(rows, self._y.tolist())):

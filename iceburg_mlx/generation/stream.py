@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
+from iceburg_mlx.penalties import History, active
 from iceburg_mlx.sampling import SamplingParams, sample
 from iceburg_mlx.models.cpu_decode import decoding
 from iceburg_mlx.templates import stop_ids
@@ -101,14 +102,21 @@ def stream(model, tokenizer, prompt_tokens: Sequence[int], params: SamplingParam
     eos_ids = stop_ids(tokenizer)
     key = _row_key(params.seed)
     text = _TextState(tokenizer, params.stop)
+    history = History([params]) if active(params) else None
     mx.reset_peak_memory()
 
     def step_sample(logits):
         nonlocal key
+        if history is not None:
+            logits = history.apply(logits)
         if params.temperature == 0:
-            return mx.argmax(logits, axis=-1)
-        key, sub = mx.random.split(key)
-        return sample(logits, params.temperature, params.top_p, sub)
+            y = mx.argmax(logits, axis=-1)
+        else:
+            key, sub = mx.random.split(key)
+            y = sample(logits, params.temperature, params.top_p, sub)
+        if history is not None:
+            history.push(y)
+        return y
 
     t0 = time.perf_counter()
     stats.prompt_tokens = len(prompt_tokens)
