@@ -26,15 +26,7 @@ def fuse(
     force: bool = typer.Option(False, "--force", help="Fuse an adapter trained on another base (a warning instead of an error)."),
 ) -> None:
     """Fuse an adapter into its base model and export it (HF safetensors, or GGUF for llama.cpp/Ollama)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
+    from iceburg_mlx.cli import ui
     from iceburg_mlx.export import FuseOptions
     from iceburg_mlx.export import fuse as run_fuse
     from iceburg_mlx.export.mix import preset
@@ -51,13 +43,12 @@ def fuse(
                        dequantize=dequantize, name=name, system=system, temperature=temperature, top_p=top_p,
                        imatrix=imatrix, calibration=calibration, calibration_tokens=calibration_tokens,
                        force=force)
-    err = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+    err = ui.console(stderr=True)
+    with ui.progress(err, "tensors", transient=True) as bar:
         task = bar.add_task("loading and fusing", total=None)
 
         def progress(tensor: str, done: int, total: int) -> None:
-            bar.update(task, description=f"writing {tensor}", completed=done, total=total)
+            bar.update(task, description="writing tensors", completed=done, total=total, stats=tensor)
 
         result = run_fuse(opts, progress=progress)
     if result.n_fused:
